@@ -1,0 +1,29 @@
+"""Learners: frozen configurations with pure ``init``, ``loss``, ``adapt``, ``predict``, ``evaluate``."""
+
+from metajax.algorithms.anil import ANIL
+from metajax.algorithms.inner import (
+    FirstOrder,
+    Implicit,
+    MetaGradient,
+    SecondOrder,
+    fit_supervised,
+    inner_loop,
+    scale_by_learned_rates,
+)
+from metajax.algorithms.maml import MAML
+from metajax.algorithms.metasgd import MetaSGD
+from metajax.algorithms.reptile import Reptile
+
+__all__ = [
+    "ANIL",
+    "MAML",
+    "MetaSGD",
+    "Reptile",
+    "FirstOrder",
+    "Implicit",
+    "MetaGradient",
+    "SecondOrder",
+    "fit_supervised",
+    "inner_loop",
+    "scale_by_learned_rates",
+]

@@ -1,0 +1,253 @@
+"""The shared differentiable inner loop, and how its result is differentiated.
+
+Every gradient-based learner adapts with :func:`inner_loop`: ``num_steps`` updates of an
+Optax transformation on a task loss, as one ``lax.scan``. How the meta-gradient flows
+back through that loop is a value the user passes (as diffrax's ``adjoint=``):
+
+* :class:`SecondOrder`: backpropagate through every step (exact MAML).
+* :class:`FirstOrder`: inner gradients are constants (``stop_gradient``), so the
+  meta-gradient is the query gradient at the adapted parameters (FOMAML).
+* :class:`Implicit`: iMAML. The inner problem is the proximal one,
+  ``min_phi L(phi) + prox/2 ||phi - theta||^2``, solved by the inner optimizer without
+  tracking gradients; the meta-gradient ``prox (H + prox I)^-1 g`` comes from implicit
+  differentiation of its optimality condition, by conjugate gradient on Hessian-vector
+  products at the solution.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from metajax._checks import check_positive, check_positive_int
+
+Params = Any
+LossFn = Callable[[Params, Any], tuple[jax.Array, Any]]
+
+
+@dataclasses.dataclass(frozen=True)
+class SecondOrder:
+    """Differentiate through every inner step: the exact MAML meta-gradient."""
+
+
+@dataclasses.dataclass(frozen=True)
+class FirstOrder:
+    """Drop the inner gradients' dependence on the meta-parameters (first-order MAML)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Implicit:
+    """Implicit meta-gradient of the proximal inner problem (iMAML, Rajeswaran et al., 2019).
+
+    Attributes:
+        prox: strength ``lambda`` of the proximal term ``lambda/2 ||phi - theta||^2``.
+        cg_steps: conjugate-gradient iterations for ``(H + lambda I) x = g``.
+    """
+
+    prox: float = 1.0
+    cg_steps: int = 5
+
+    def __post_init__(self):
+        check_positive("Implicit.prox", self.prox)
+        check_positive_int("Implicit.cg_steps", self.cg_steps)
+
+
+MetaGradient = SecondOrder | FirstOrder | Implicit
+
+
+def check_meta_gradient(value: Any, *, allowed: tuple[type, ...] = (SecondOrder, FirstOrder, Implicit)) -> None:
+    """Raise ``TypeError`` unless ``value`` is an instance of one of ``allowed``."""
+    if not isinstance(value, allowed):
+        names = ", ".join(f"metajax.{t.__name__}()" for t in allowed)
+        raise TypeError(f"meta_gradient must be one of {names}; got {value!r}.")
+
+
+def inner_loop(
+    loss_fn: LossFn,
+    params: Params,
+    data: Any,
+    optimizer: optax.GradientTransformation,
+    num_steps: int,
+    meta_gradient: MetaGradient = SecondOrder(),
+    *,
+    track: Callable[[Params], Any] | None = None,
+    remat: bool = False,
+) -> tuple[Params, Any]:
+    """Adapt ``params`` with ``num_steps`` updates of ``optimizer`` on ``loss_fn(params, data)``.
+
+    Args:
+        loss_fn: ``(params, data) -> (scalar loss, aux)``, the task's training loss. It
+            must not close over traced arrays: pass them in ``data`` (the implicit
+            meta-gradient needs them as explicit inputs).
+        params: starting point (the meta-parameters or a part of them).
+        data: the task's training data, e.g. the support set ``(x, y)``.
+        optimizer: the inner optimizer, e.g. ``optax.sgd(inner_lr)``.
+        num_steps: number of inner updates (0 returns ``params``).
+        meta_gradient: how the result is differentiated with respect to ``params``.
+        track: optional ``params -> pytree`` evaluated before the first update and
+            after each one (e.g. query metrics); its outputs are stacked along a new
+            leading axis of size ``num_steps + 1``.
+        remat: recompute each step's activations in the backward pass
+            (``jax.checkpoint``), trading compute for memory in long inner loops.
+
+    Returns:
+        ``(adapted, tracked)``; ``tracked`` is ``None`` without ``track``.
+    """
+    check_positive_int("num_steps", num_steps, allow_zero=True)
+    check_meta_gradient(meta_gradient)
+    if not isinstance(meta_gradient, Implicit):
+        grad_fn = jax.grad(lambda p: loss_fn(p, data)[0])
+        return _descend(grad_fn, params, optimizer, num_steps, isinstance(meta_gradient, FirstOrder), track, remat)
+
+    # iMAML: descend on the proximal problem from theta without tracking gradients,
+    # then attach the implicit gradient of its solution with a custom VJP.
+    theta = jax.lax.stop_gradient(params)
+
+    def proximal_grad(phi):
+        g = jax.grad(lambda p: loss_fn(p, data)[0])(phi)
+        return jax.tree.map(lambda gi, p, t: gi + meta_gradient.prox * (p - t), g, phi, theta)
+
+    phi, tracked = _descend(proximal_grad, theta, optimizer, num_steps, True, track, remat)
+    phi = _implicit_solution(loss_fn, meta_gradient.prox, meta_gradient.cg_steps, params, jax.lax.stop_gradient(phi), data)
+    return phi, tracked
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
+def _implicit_solution(loss_fn, prox, cg_steps, theta, phi, data):
+    """``phi``, the proximal solution; the VJP sends ``prox (H + prox I)^-1 g`` to ``theta``."""
+    del loss_fn, prox, cg_steps, theta, data
+    return phi
+
+
+def _implicit_solution_fwd(loss_fn, prox, cg_steps, theta, phi, data):
+    return phi, (phi, data)
+
+
+def _implicit_solution_bwd(loss_fn, prox, cg_steps, residuals, g):
+    # d phi / d theta = prox (H + prox I)^-1 with H the training-loss Hessian at phi.
+    phi, data = residuals
+    grad_fn = jax.grad(lambda p: loss_fn(p, data)[0])
+
+    def matvec(v):
+        hv = jax.jvp(grad_fn, (phi,), (v,))[1]
+        return jax.tree.map(lambda a, b: a + prox * b, hv, v)
+
+    x = conjugate_gradient(matvec, g, cg_steps)
+    zeros = jax.tree.map(jnp.zeros_like, (phi, data))
+    return jax.tree.map(lambda a: prox * a, x), zeros[0], zeros[1]
+
+
+_implicit_solution.defvjp(_implicit_solution_fwd, _implicit_solution_bwd)
+
+
+def conjugate_gradient(matvec: Callable[[Params], Params], rhs: Params, steps: int) -> Params:
+    """``steps`` iterations of conjugate gradient for ``matvec(x) = rhs`` from ``x = 0``.
+
+    ``matvec`` must be symmetric positive definite. A fixed number of iterations keeps the
+    cost static under ``jit`` and ``vmap``.
+    """
+
+    def dot(a, b):
+        return sum(jnp.vdot(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+    def axpy(alpha, x, y):
+        return jax.tree.map(lambda u, v: alpha * u + v, x, y)
+
+    def body(_, carry):
+        x, r, p, rr = carry
+        ap = matvec(p)
+        alpha = rr / jnp.maximum(dot(p, ap), jnp.finfo(rr.dtype).tiny)
+        x, r = axpy(alpha, p, x), axpy(-alpha, ap, r)
+        rr_new = dot(r, r)
+        p = axpy(rr_new / jnp.maximum(rr, jnp.finfo(rr.dtype).tiny), p, r)
+        return x, r, p, rr_new
+
+    x0 = jax.tree.map(jnp.zeros_like, rhs)
+    return jax.lax.fori_loop(0, steps, body, (x0, rhs, rhs, dot(rhs, rhs)))[0]
+
+
+def _descend(grad_fn, params, optimizer, num_steps, stop_inner_gradient, track, remat):
+    """``num_steps`` updates of ``optimizer`` along ``grad_fn`` as a scan; optional tracking."""
+
+    def step(carry, _):
+        p, opt_state = carry
+        g = grad_fn(p)
+        if stop_inner_gradient:
+            g = jax.lax.stop_gradient(g)
+        updates, opt_state = optimizer.update(g, opt_state, p)
+        p = optax.apply_updates(p, updates)
+        return (p, opt_state), (track(p) if track is not None else None)
+
+    if remat:
+        step = jax.checkpoint(step)
+    (adapted, _), tracked = jax.lax.scan(step, (params, optimizer.init(params)), None, length=num_steps)
+    if track is not None:
+        tracked = jax.tree.map(lambda first, rest: jnp.concatenate([first[None], rest]), track(params), tracked)
+    return adapted, tracked
+
+
+class LearnedRatesState(NamedTuple):
+    """``scale_by_learned_rates`` keeps no state."""
+
+
+def scale_by_learned_rates(rates: Params) -> optax.GradientTransformation:
+    """Inner optimizer of Meta-SGD: ``update = -rates * grad``, elementwise.
+
+    Args:
+        rates: a pytree of step sizes with the structure of the adapted parameters.
+    """
+
+    def init(params):
+        del params
+        return LearnedRatesState()
+
+    def update(updates, state, params=None):
+        del params
+        return jax.tree.map(lambda a, g: -a * g, rates, updates), state
+
+    return optax.GradientTransformation(init, update)
+
+
+def fit_supervised(
+    predict: Callable[[Params, jax.Array], jax.Array],
+    objective: Callable,
+    params: Params,
+    support: tuple[jax.Array, jax.Array],
+    optimizer: optax.GradientTransformation,
+    num_steps: int,
+    meta_gradient: MetaGradient,
+    query: tuple[jax.Array, jax.Array] | None = None,
+    remat: bool = False,
+) -> tuple[Params, Any]:
+    """:func:`inner_loop` on ``objective(predict(params, x), y)`` over ``support = (x, y)``.
+
+    The common adaptation of learners whose adapted state is a set of weights. With
+    ``query = (x, y)`` the query metrics are tracked before and after every step
+    (arrays ``[num_steps + 1]``); otherwise the second result is ``None``.
+    """
+    sx, sy = support
+    track = None
+    if query is not None:
+        qx, qy = query
+        track = lambda p: objective(predict(p, qx), qy)[1]  # noqa: E731
+    return inner_loop(
+        lambda p, xy: objective(predict(p, xy[0]), xy[1]),
+        params,
+        (sx, sy),
+        optimizer,
+        num_steps,
+        meta_gradient,
+        track=track,
+        remat=remat,
+    )
+
+
+def sgd_or(optimizer: optax.GradientTransformation | None, lr: float) -> optax.GradientTransformation:
+    """``optimizer`` if given, else plain SGD with step size ``lr`` (MAML's inner update)."""
+    return optax.sgd(lr) if optimizer is None else optimizer

@@ -1,0 +1,84 @@
+"""Meta-test: adapt on held-out tasks, report each metric's mean and 95% interval."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import jax
+import numpy as np
+
+from metajax._checks import check_positive_int
+from metajax.tasks.base import TaskDistribution
+
+
+def evaluate(
+    learner: Any,
+    params: Any,
+    task: TaskDistribution,
+    *,
+    key: jax.Array,
+    num_tasks: int = 600,
+    num_steps: int | None = None,
+    batch_size: int = 100,
+) -> dict[str, Any]:
+    """Adapt to ``num_tasks`` new tasks and summarise the query metrics.
+
+    Tasks are drawn in batches of ``batch_size`` (one compiled function, reused), each
+    batch ``vmap``-ed over ``learner.evaluate``. For gradient-based learners the metrics
+    are reported before adaptation and after each of ``num_steps`` inner steps.
+
+    Args:
+        learner: object with ``evaluate(params, episode, key, num_steps)``.
+        params: meta-parameters.
+        task: the (held-out) task distribution.
+        key: PRNG key; the same key gives the same tasks.
+        num_tasks: tasks to average over (the literature uses at least 600).
+        num_steps: inner steps at test time; ``None`` is the learner's default.
+        batch_size: tasks per compiled batch.
+
+    Returns:
+        ``{"num_tasks": n, "num_steps": s, metric: {"mean": [...], "ci95": [...]}}``: one
+        entry per adaptation step (``s + 1`` values, the first before adaptation; one
+        value for learners without inner steps). ``ci95`` is ``1.96 * std / sqrt(n)``.
+    """
+    if isinstance(num_tasks, bool) or not isinstance(num_tasks, int) or num_tasks < 2:
+        raise ValueError(f"num_tasks must be an integer >= 2 (for an interval), got {num_tasks!r}.")
+    check_positive_int("batch_size", batch_size)
+    if num_steps is not None:
+        check_positive_int("num_steps", num_steps, allow_zero=True)
+    batch_size = min(batch_size, num_tasks)
+
+    @jax.jit
+    def run(params, key):
+        k_tasks, k_learn = jax.random.split(key)
+        episodes = task.sample(k_tasks, batch_size)
+        keys = jax.random.split(k_learn, batch_size)
+        return jax.vmap(learner.evaluate, in_axes=(None, 0, 0, None))(params, episodes, keys, num_steps)
+
+    chunks = []
+    for k in jax.random.split(key, math.ceil(num_tasks / batch_size)):
+        chunks.append(jax.device_get(run(params, k)))
+    per_task = jax.tree.map(lambda *xs: np.concatenate(xs)[:num_tasks], *chunks)
+    summary: dict[str, Any] = {"num_tasks": num_tasks}
+    for name, values in per_task.items():
+        mean, ci95 = confidence_interval(np.reshape(values, (num_tasks, -1)))
+        summary["num_steps"] = mean.size - 1
+        summary[name] = {"mean": mean.tolist(), "ci95": ci95.tolist()}
+    return summary
+
+
+def confidence_interval(values: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and 95% half-width ``1.96 * std / sqrt(n)`` over the first axis.
+
+    Args:
+        values: ``[n, ...]`` samples (``n >= 2``).
+
+    Returns:
+        ``(mean, ci95)``, each of shape ``values.shape[1:]``.
+    """
+    values = np.asarray(values, np.float64)
+    if values.shape[0] < 2:
+        raise ValueError(f"confidence_interval needs at least 2 samples, got {values.shape[0]}.")
+    return values.mean(0), 1.96 * values.std(0, ddof=1) / math.sqrt(values.shape[0])
+

@@ -1,0 +1,11 @@
+"""Pure-function backbones (flax.linen): ``model.apply({"params": p}, x)``.
+
+Batch normalisation follows MAML: statistics of the current batch, no running
+averages, so every model is a pure function of ``(params, x)``.
+"""
+
+from metajax.models.conv import Conv4
+from metajax.models.layers import BatchStatNorm
+from metajax.models.mlp import MLP
+
+__all__ = ["MLP", "Conv4", "BatchStatNorm"]

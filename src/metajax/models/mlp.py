@@ -1,0 +1,37 @@
+"""Multi-layer perceptron."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import flax.linen as nn
+import jax
+
+
+class MLP(nn.Module):
+    """Fully connected network with ReLU between layers.
+
+    Attributes:
+        hidden: widths of the hidden layers, e.g. ``(40, 40)`` for MAML's sinusoid net.
+        out: output width, or ``None`` to return the last hidden activation (a body
+            for ANIL or a metric learner).
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> net = MLP(hidden=(40, 40), out=1)
+        >>> params = net.init(jax.random.key(0), jnp.zeros((10, 1)))["params"]
+        >>> net.apply({"params": params}, jnp.zeros((10, 1))).shape
+        (10, 1)
+    """
+
+    hidden: Sequence[int] = (40, 40)
+    out: int | None = 1
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """``x``: ``[examples, in]`` -> ``[examples, out]`` (or ``[examples, hidden[-1]]``)."""
+        for width in self.hidden:
+            x = nn.relu(nn.Dense(width)(x))
+        if self.out is not None:
+            x = nn.Dense(self.out)(x)
+        return x

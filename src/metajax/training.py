@@ -1,0 +1,220 @@
+"""The meta-training loop: one jitted meta-step over a batch of tasks, Optax outside.
+
+The trainer knows only the learner contract (``init``, ``loss``) and the task contract
+(``sample``); it imports no learner.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import struct
+
+from metajax._checks import check_choice, check_positive_int
+from metajax.episode import Episode
+from metajax.tasks.base import TaskDistribution
+
+TASK_BATCHING = ("vmap", "map")
+
+
+class TrainState(struct.PyTreeNode):
+    """Everything a run needs to continue: meta-parameters, optimizer state, PRNG key, step.
+
+    Attributes:
+        step: number of meta-steps taken, int32 scalar.
+        params: the learner's meta-parameters.
+        opt_state: the Optax optimizer state.
+        key: raw PRNG key (``uint32[2]``) from which the next meta-step draws.
+    """
+
+    step: jax.Array
+    params: Any
+    opt_state: Any
+    key: jax.Array
+
+
+def first_episode(task: TaskDistribution, key: jax.Array) -> Episode:
+    """One unbatched episode of ``task``, to shape parameters."""
+    return jax.tree.map(lambda a: a[0], task.sample(key, 1))
+
+
+def init_state(learner: Any, task: TaskDistribution, optimizer: optax.GradientTransformation, key: jax.Array) -> TrainState:
+    """Initial meta-parameters and optimizer state.
+
+    Args:
+        learner: any object with ``init(key, episode) -> params``.
+        task: the task distribution whose episodes shape the parameters.
+        optimizer: the outer (meta) optimizer.
+        key: PRNG key; the same key gives the same run.
+    """
+    k_init, k_episode, k_run = jax.random.split(key, 3)
+    params = learner.init(k_init, first_episode(task, k_episode))
+    return TrainState(jnp.zeros((), jnp.int32), params, optimizer.init(params), _raw_key(k_run))
+
+
+def _raw_key(key: jax.Array) -> jax.Array:
+    return jax.random.key_data(key) if jnp.issubdtype(key.dtype, jax.dtypes.prng_key) else key
+
+
+def meta_step(
+    learner: Any,
+    task: TaskDistribution,
+    optimizer: optax.GradientTransformation,
+    meta_batch: int,
+    task_batching: str = "vmap",
+) -> Callable[[TrainState], tuple[TrainState, dict]]:
+    """The un-jitted meta-step ``state -> (state, metrics)``.
+
+    Draws ``meta_batch`` episodes from the state's key, evaluates ``learner.loss`` on each
+    task (``vmap`` over tasks, or ``lax.map`` with ``task_batching="map"``), averages,
+    differentiates and applies one ``optimizer`` update. ``metrics`` holds the mean
+    ``loss`` and the mean of every metric the learner returns.
+    """
+    check_positive_int("meta_batch", meta_batch)
+    check_choice("task_batching", task_batching, TASK_BATCHING)
+
+    def batch_loss(params, episodes, keys):
+        if task_batching == "vmap":
+            losses, metrics = jax.vmap(learner.loss, in_axes=(None, 0, 0))(params, episodes, keys)
+        else:
+            losses, metrics = jax.lax.map(lambda ek: learner.loss(params, *ek), (episodes, keys))
+        return jnp.mean(losses), jax.tree.map(jnp.mean, metrics)
+
+    def step(state: TrainState) -> tuple[TrainState, dict]:
+        key, k_tasks, k_loss = jax.random.split(jax.random.wrap_key_data(state.key), 3)
+        episodes = task.sample(k_tasks, meta_batch)
+        keys = jax.random.split(k_loss, meta_batch)
+        (loss, metrics), grads = jax.value_and_grad(batch_loss, has_aux=True)(state.params, episodes, keys)
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        new = TrainState(state.step + 1, params, opt_state, jax.random.key_data(key))
+        return new, {"loss": loss, **metrics}
+
+    return step
+
+
+def make_train_step(
+    learner: Any,
+    task: TaskDistribution,
+    optimizer: optax.GradientTransformation,
+    meta_batch: int,
+    steps_per_call: int = 1,
+    task_batching: str = "vmap",
+) -> Callable[[TrainState], tuple[TrainState, dict]]:
+    """A jitted function running ``steps_per_call`` meta-steps in one dispatch.
+
+    The steps are a ``lax.scan``, so tiny problems (sinusoid) are not bound by Python
+    dispatch. The input state's buffers are donated. Metrics come back stacked:
+    ``[steps_per_call]`` per metric.
+    """
+    check_positive_int("steps_per_call", steps_per_call)
+    one = meta_step(learner, task, optimizer, meta_batch, task_batching)
+
+    def many(state):
+        return jax.lax.scan(lambda s, _: one(s), state, None, length=steps_per_call)
+
+    return jax.jit(many, donate_argnums=0)
+
+
+def train(
+    learner: Any,
+    task: TaskDistribution,
+    optimizer: optax.GradientTransformation,
+    *,
+    key: jax.Array,
+    num_steps: int,
+    meta_batch: int,
+    steps_per_call: int = 1,
+    log_every: int = 100,
+    task_batching: str = "vmap",
+    state: TrainState | None = None,
+    progress: bool = True,
+    on_log: Callable[[TrainState, dict], None] | None = None,
+) -> tuple[TrainState, list[dict]]:
+    """Meta-train ``learner`` on ``task`` for ``num_steps`` meta-steps.
+
+    Args:
+        learner: object with ``init`` and ``loss`` (the learner contract).
+        task: task distribution with ``sample(key, n)``.
+        optimizer: the outer Optax transformation, e.g. ``optax.adam(1e-3)``.
+        key: PRNG key of the run (ignored when ``state`` is given).
+        num_steps: total meta-steps; a given ``state`` continues up to this count.
+        meta_batch: tasks per meta-step.
+        steps_per_call: meta-steps per jitted dispatch (use 10-100 for sinusoid).
+        log_every: meta-steps per history entry (rounded up to whole dispatches).
+        task_batching: ``"vmap"`` or ``"map"`` (``lax.map``, one task at a time).
+        state: a state to continue from (e.g. a restored checkpoint).
+        progress: show a progress bar with loss and tasks/s.
+        on_log: called as ``on_log(state, entry)`` after each history entry (checkpoints, logs).
+
+    Returns:
+        ``(state, history)``; each history entry holds ``step``, the mean of every metric
+        over the interval, ``tasks_per_s`` and ``elapsed_s``.
+
+    Raises:
+        FloatingPointError: the loss became non-finite; the message names the step.
+    """
+    check_positive_int("num_steps", num_steps)
+    check_positive_int("log_every", log_every)
+    if state is None:
+        state = init_state(learner, task, optimizer, key)
+    step_fns: dict[int, Callable] = {}
+    history: list[dict] = []
+    done = int(state.step)
+    bar = _progress_bar(num_steps, done) if progress else None
+    window: list[dict] = []
+    window_start, t_start = time.perf_counter(), time.perf_counter()
+    next_log = (done // log_every + 1) * log_every
+    try:
+        while done < num_steps:
+            n = min(steps_per_call, num_steps - done)
+            if n not in step_fns:
+                step_fns[n] = make_train_step(learner, task, optimizer, meta_batch, n, task_batching)
+            state, metrics = step_fns[n](state)
+            metrics = jax.device_get(metrics)
+            _check_finite(metrics["loss"], done)
+            done += n
+            window.append(metrics)
+            if bar is not None:
+                bar.update(n)
+            if done >= next_log or done == num_steps:
+                now = time.perf_counter()
+                steps_in_window = sum(len(m["loss"]) for m in window)
+                entry = {"step": done}
+                entry.update({k: float(np.mean(np.concatenate([m[k] for m in window]))) for k in window[0]})
+                entry["tasks_per_s"] = steps_in_window * meta_batch / max(now - window_start, 1e-9)
+                entry["elapsed_s"] = now - t_start
+                history.append(entry)
+                if bar is not None:
+                    bar.set_postfix(loss=f"{entry['loss']:.4g}", tasks_per_s=f"{entry['tasks_per_s']:.0f}")
+                if on_log is not None:
+                    on_log(state, entry)
+                window, window_start = [], time.perf_counter()
+                next_log = (done // log_every + 1) * log_every
+    finally:
+        if bar is not None:
+            bar.close()
+    return state, history
+
+
+def _check_finite(losses: np.ndarray, first_step: int) -> None:
+    bad = np.flatnonzero(~np.isfinite(losses))
+    if bad.size:
+        step = first_step + int(bad[0]) + 1
+        raise FloatingPointError(
+            f"The meta-training loss became non-finite ({losses[bad[0]]}) at meta-step {step}. "
+            "Lower the inner or outer learning rate, or clip gradients (optax.clip_by_global_norm)."
+        )
+
+
+def _progress_bar(total: int, initial: int):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True, mininterval=0.5)
+
