@@ -147,10 +147,13 @@ _implicit_solution.defvjp(_implicit_solution_fwd, _implicit_solution_bwd)
 
 
 def conjugate_gradient(matvec: Callable[[Params], Params], rhs: Params, steps: int) -> Params:
-    """``steps`` iterations of conjugate gradient for ``matvec(x) = rhs`` from ``x = 0``.
+    """At most ``steps`` iterations of conjugate gradient for ``matvec(x) = rhs`` from ``x = 0``.
 
-    ``matvec`` must be symmetric positive definite. A fixed number of iterations keeps the
-    cost static under ``jit`` and ``vmap``.
+    Truncated (Steihaug) CG: iteration stops at the first direction of non-positive
+    curvature, or once the residual vanishes. On a symmetric positive definite system
+    this is plain CG; on the indefinite systems a non-convex network's Hessian gives
+    (``H + prox I`` with large negative eigenvalues) it stays finite instead of diverging.
+    A fixed iteration count keeps the cost static under ``jit`` and ``vmap``.
     """
 
     def dot(a, b):
@@ -160,16 +163,18 @@ def conjugate_gradient(matvec: Callable[[Params], Params], rhs: Params, steps: i
         return jax.tree.map(lambda u, v: alpha * u + v, x, y)
 
     def body(_, carry):
-        x, r, p, rr = carry
+        x, r, p, rr, active = carry
         ap = matvec(p)
-        alpha = rr / jnp.maximum(dot(p, ap), jnp.finfo(rr.dtype).tiny)
+        curvature = dot(p, ap)
+        active = active & (curvature > 0) & (rr > 0)
+        alpha = jnp.where(active, rr / jnp.where(active, curvature, 1.0), 0.0)
         x, r = axpy(alpha, p, x), axpy(-alpha, ap, r)
         rr_new = dot(r, r)
-        p = axpy(rr_new / jnp.maximum(rr, jnp.finfo(rr.dtype).tiny), p, r)
-        return x, r, p, rr_new
+        beta = jnp.where(active, rr_new / jnp.where(active, rr, 1.0), 0.0)
+        return x, r, axpy(beta, p, r), rr_new, active
 
     x0 = jax.tree.map(jnp.zeros_like, rhs)
-    return jax.lax.fori_loop(0, steps, body, (x0, rhs, rhs, dot(rhs, rhs)))[0]
+    return jax.lax.fori_loop(0, steps, body, (x0, rhs, rhs, dot(rhs, rhs), jnp.array(True)))[0]
 
 
 def _descend(grad_fn, params, optimizer, num_steps, stop_inner_gradient, track, remat):

@@ -1,0 +1,43 @@
+"""The ``metajax train`` contract: metrics.json with config, curve and per-step eval."""
+
+import json
+
+import pytest
+
+from metajax import cli
+
+
+@pytest.mark.parametrize("algo", cli.ALGORITHMS)
+def test_train_writes_metrics(tmp_path, algo):
+    out = tmp_path / algo
+    code = cli.main(
+        ["train", "--algo", algo, "--shots", "5", "--meta-batch", "4", "--steps", "20", "--steps-per-call", "10",
+         "--log-every", "10", "--eval-tasks", "20", "--eval-steps", "3", "--out", str(out), "--no-progress"]
+    )
+    assert code == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["config"]["algo"] == algo and metrics["config"]["shots"] == 5
+    assert [e["step"] for e in metrics["train"]["curve"]] == [10, 20]
+    assert len(metrics["eval"]["mse"]["mean"]) == 4 and len(metrics["eval"]["mse"]["ci95"]) == 4
+    assert metrics["eval"]["num_tasks"] == 20
+    assert metrics["machine"]["backend"] == "cpu"
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--steps", "0"], "--steps must be a positive integer, got 0"),
+        (["--inner-lr", "-1"], "--inner-lr must be positive, got -1.0"),
+        (["--eval-tasks", "1"], "--eval-tasks must be at least 2, got 1"),
+    ],
+)
+def test_bad_values_are_named(tmp_path, argv, message):
+    with pytest.raises(SystemExit, match=message):
+        cli.main(["train", "--out", str(tmp_path), *argv])
+
+
+def test_unknown_algorithm_is_rejected(tmp_path, capsys):
+    with pytest.raises(SystemExit) as info:
+        cli.main(["train", "--algo", "mamlx", "--out", str(tmp_path)])
+    assert info.value.code == 2
+    assert "invalid choice: 'mamlx'" in capsys.readouterr().err
