@@ -24,8 +24,9 @@ class BatchStatNorm(nn.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         """``x``: ``[..., C]`` -> ``[..., C]``."""
         axes = tuple(range(x.ndim - 1))
-        mean = jnp.mean(x, axis=axes)
-        var = jnp.mean(jnp.square(x - mean), axis=axes)
+        mean = jnp.mean(x, axis=axes, keepdims=True)
+        var = jnp.mean(jnp.square(x - mean), axis=axes, keepdims=True)
         scale = self.param("scale", nn.initializers.ones, (x.shape[-1],), x.dtype)
         bias = self.param("bias", nn.initializers.zeros, (x.shape[-1],), x.dtype)
-        return (x - mean) * jax.lax.rsqrt(var + self.epsilon) * scale + bias
+        channels = (1,) * (x.ndim - 1) + (x.shape[-1],)
+        return (x - mean) * jax.lax.rsqrt(var + self.epsilon) * scale.reshape(channels) + bias.reshape(channels)
