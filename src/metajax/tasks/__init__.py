@@ -5,6 +5,7 @@ samples inside the jitted meta-step.
 """
 
 from metajax.tasks.base import TaskDistribution
+from metajax.tasks.fewshot import FewShot, benchmark
 from metajax.tasks.sinusoid import Sinusoid
 
-__all__ = ["TaskDistribution", "Sinusoid"]
+__all__ = ["TaskDistribution", "Sinusoid", "FewShot", "benchmark"]

@@ -1,0 +1,176 @@
+"""File handling shared by the dataset loaders: locations, verification, download, caches."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import tempfile
+import urllib.error
+import urllib.request
+import warnings
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import BinaryIO, NamedTuple
+
+import numpy as np
+from PIL import Image
+
+_DEFAULT_ROOT = Path("~/.cache/metajax")
+
+
+class ImageClasses(NamedTuple):
+    """A class-major image dataset.
+
+    Attributes:
+        images: ``[classes, examples, H, W, C]`` uint8, pixel values 0..255.
+        names: one name per class, ``len(names) == images.shape[0]``.
+    """
+
+    images: np.ndarray
+    names: tuple[str, ...]
+
+
+class KnownFile(NamedTuple):
+    """One accepted release of a file: its size in bytes and a digest (``hashlib`` algorithm name)."""
+
+    size: int
+    algorithm: str
+    digest: str
+    release: str
+
+
+def data_root(root: str | os.PathLike | None = None) -> Path:
+    """Where datasets live: ``root``, else ``$METAJAX_DATA``, else ``~/.cache/metajax``."""
+    if root is None:
+        root = os.environ.get("METAJAX_DATA") or _DEFAULT_ROOT
+    return Path(root).expanduser()
+
+
+def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
+    """Where decoded arrays are cached: ``cache_dir``, else ``$METAJAX_CACHE``, else ``~/.cache/metajax/cache``.
+
+    The default never lies inside the data root, so a shared, read-only data folder stays untouched.
+    """
+    if cache_dir is None:
+        cache_dir = os.environ.get("METAJAX_CACHE") or _DEFAULT_ROOT / "cache"
+    return Path(cache_dir).expanduser()
+
+
+def find_file(name: str, folders: list[Path]) -> Path | None:
+    """The first ``folder / name`` that exists, or ``None``."""
+    for folder in folders:
+        if (folder / name).is_file():
+            return folder / name
+    return None
+
+
+def verify_file(path: Path, known: tuple[KnownFile, ...], source: str) -> None:
+    """Raise ``ValueError`` (a "corrupt" file) unless ``path`` matches one of the ``known`` releases.
+
+    Args:
+        path: the file to check.
+        known: accepted releases; the digest is computed only for releases of the file's size.
+        source: where to get a good copy, for the message.
+    """
+    size = path.stat().st_size
+    for release in known:
+        if release.size == size and _digest(path, release.algorithm) == release.digest:
+            return
+    expected = "; ".join(f"{k.release}: {k.size} bytes, {k.algorithm} {k.digest}" for k in known)
+    raise ValueError(
+        f"{path} is corrupt or an unknown version ({size} bytes, matching no known release). "
+        f"Expected one of: {expected}. Delete it and get a fresh copy from {source}."
+    )
+
+
+def _digest(path: Path, algorithm: str) -> str:
+    h = hashlib.new(algorithm)
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def download(url: str, dest: Path, *, timeout: float) -> None:
+    """Fetch ``url`` into ``dest`` (written atomically); raise ``OSError`` on failure."""
+
+    def write(out):
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            for block in iter(lambda: response.read(1 << 20), b""):
+                out.write(block)
+
+    _write_atomic(dest, write)
+
+
+def save_npz(path: Path, **arrays: np.ndarray) -> None:
+    """Write a compressed ``.npz`` atomically."""
+    _write_atomic(path, lambda f: np.savez_compressed(f, **arrays))
+
+
+def _write_atomic(path: Path, write: Callable[[BinaryIO], object]) -> None:
+    """Call ``write`` on a temporary file next to ``path``, then move it to ``path`` (``os.replace``).
+
+    Readers see either the old file or the complete new one; on any error the temporary file
+    is removed and ``path`` is untouched.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def load_cache(path: Path) -> ImageClasses | None:
+    """Read a cache written by :func:`save_cache`; ``None`` when absent or unreadable (with a warning)."""
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return ImageClasses(data["images"], tuple(str(n) for n in data["names"]))
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as err:
+        warnings.warn(f"Ignoring unreadable cache {path} ({err}); rebuilding it.", stacklevel=2)
+        return None
+
+
+def save_cache(path: Path, data: ImageClasses) -> None:
+    """Store ``data`` as ``images`` and ``names`` in a compressed ``.npz`` (atomic)."""
+    save_npz(path, images=data.images, names=np.asarray(data.names, dtype=np.str_))
+
+
+def cached(path: Path, build: Callable[[], ImageClasses]) -> ImageClasses:
+    """The cache at ``path`` if readable, else ``build()``, which is then written to ``path``."""
+    data = load_cache(path)
+    if data is None:
+        data = build()
+        save_cache(path, data)
+    return data
+
+
+def decode_image(raw: bytes, *, mode: str, size: int | None) -> np.ndarray:
+    """Decode image bytes to uint8 ``[H, W]`` (mode ``"L"``) or ``[H, W, 3]`` (mode ``"RGB"``).
+
+    Args:
+        raw: the encoded file (PNG, JPEG, ...).
+        mode: the PIL mode to convert to before resizing.
+        size: side of the square output, resized with ``LANCZOS``; ``None`` keeps the size.
+    """
+    with Image.open(io.BytesIO(raw)) as im:
+        im = im.convert(mode)
+        if size is not None and im.size != (size, size):
+            im = im.resize((size, size), resample=Image.Resampling.LANCZOS)
+        return np.asarray(im, dtype=np.uint8)
+
+
+def download_error(url: str, err: BaseException) -> str:
+    """One sentence on a failed download, for error messages."""
+    reason = err.reason if isinstance(err, urllib.error.URLError) else err
+    return f"Downloading {url} failed ({type(err).__name__}: {reason})."

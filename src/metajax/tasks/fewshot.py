@@ -1,0 +1,232 @@
+"""N-way K-shot classification episodes drawn on the device from a class-major image array."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from metajax._checks import check_choice, check_positive_int
+from metajax.datasets import load_miniimagenet, load_omniglot
+from metajax.episode import Episode
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class FewShot:
+    """Few-shot classification tasks: ``ways`` classes, ``shots`` support and ``queries`` query images each.
+
+    Every task draws ``ways`` distinct classes and, per class, ``shots + queries``
+    distinct images, so support and query sets are disjoint. Labels ``0..ways-1`` go to
+    the classes in the uniformly random order they were drawn in (a random permutation),
+    so a class has no fixed label. Support and query sets are class-major: label ``l``
+    occupies rows ``l * shots ... (l + 1) * shots - 1`` of the support set. All of it is
+    done by array operations inside ``jit``; nothing runs in Python per episode.
+
+    ``FewShot`` is a pytree whose one leaf is ``images``: pass it as an argument to a
+    jitted function to keep the images a device buffer the program reads. Closing over it
+    works too, but then XLA embeds the whole array in the program as a constant (slower to
+    compile, memory held twice). Equality and hashing are by identity.
+
+    Attributes:
+        images: ``[classes, examples, H, W, C]`` uint8 (0..255), held on the device.
+        ways: classes per task.
+        shots: support images per class.
+        queries: query images per class.
+        augment_rotations: rotate all images of a class in a task by the same random
+            multiple of 90 degrees (square images only).
+        normalize: ``(mean, std)``, one value per channel, applied after scaling to [0, 1];
+            ``None`` leaves pixels in [0, 1].
+
+    Example:
+        >>> import jax, numpy as np
+        >>> task = FewShot(np.zeros((10, 20, 28, 28, 1), np.uint8), ways=5, shots=1, queries=15)
+        >>> ep = task.sample(jax.random.key(0), 4)
+        >>> ep.support_x.shape, ep.query_y.shape
+        ((4, 5, 28, 28, 1), (4, 75))
+    """
+
+    images: jax.Array = dataclasses.field(repr=False)
+    _: dataclasses.KW_ONLY
+    ways: int
+    shots: int
+    queries: int
+    augment_rotations: bool = False
+    normalize: tuple[tuple[float, ...], tuple[float, ...]] | None = None
+
+    kind = "classification"
+
+    def __post_init__(self):
+        images = self.images
+        if not hasattr(images, "shape") or images.ndim != 5 or images.dtype != np.uint8:
+            described = f"{images.dtype} {tuple(images.shape)}" if hasattr(images, "shape") else type(images).__name__
+            raise ValueError(f"images must be a uint8 array [classes, examples, H, W, C], got {described}.")
+        object.__setattr__(self, "images", jnp.asarray(images))
+        for name in ("ways", "shots", "queries"):
+            check_positive_int(name, getattr(self, name))
+        classes, examples, height, width, channels = images.shape
+        if self.ways > classes:
+            raise ValueError(
+                f"ways must be at most the number of classes, {classes} (images {tuple(images.shape)}); "
+                f"got ways={self.ways}."
+            )
+        if self.shots + self.queries > examples:
+            raise ValueError(
+                f"shots + queries must be at most the {examples} examples per class (images "
+                f"{tuple(images.shape)}), so support and query stay disjoint; got shots={self.shots}, "
+                f"queries={self.queries}."
+            )
+        if self.augment_rotations and height != width:
+            raise ValueError(f"augment_rotations needs square images, got H={height}, W={width}.")
+        if self.normalize is not None:
+            mean, std = (tuple(float(v) for v in values) for values in self.normalize)
+            if len(mean) != channels or len(std) != channels or min(std) <= 0:
+                raise ValueError(
+                    f"normalize must be (mean, std) with {channels} values each and std > 0, got {self.normalize!r}."
+                )
+            object.__setattr__(self, "normalize", (mean, std))
+
+    @property
+    def num_classes(self) -> int:
+        """Classes to draw from."""
+        return self.images.shape[0]
+
+    def sample(self, key: jax.Array, num_tasks: int) -> Episode:
+        """Draw ``num_tasks`` episodes.
+
+        Args:
+            key: PRNG key.
+            num_tasks: number of tasks (static under ``jit``).
+
+        Returns:
+            ``Episode`` with ``support_x`` ``[num_tasks, ways * shots, H, W, C]`` float32,
+            ``support_y`` ``[num_tasks, ways * shots]`` int32, ``query_x``
+            ``[num_tasks, ways * queries, H, W, C]`` float32 and ``query_y``
+            ``[num_tasks, ways * queries]`` int32.
+        """
+        check_positive_int("num_tasks", num_tasks)
+        classes, examples, *image_shape = self.images.shape
+        k_class, k_example, k_turn = jax.random.split(key, 3)
+        # top_k of i.i.d. uniforms: distinct indices in uniformly random order.
+        _, chosen = jax.lax.top_k(jax.random.uniform(k_class, (num_tasks, classes)), self.ways)
+        _, picks = jax.lax.top_k(
+            jax.random.uniform(k_example, (num_tasks, self.ways, examples)), self.shots + self.queries
+        )
+        x = self.images[chosen[:, :, None], picks]  # [T, ways, shots + queries, H, W, C]
+        if self.augment_rotations:
+            turns = jax.random.randint(k_turn, (num_tasks, self.ways, 1, 1, 1, 1, 1), 0, 4)
+            rotated = jnp.stack([jnp.rot90(x, k, axes=(3, 4)) for k in range(4)], axis=2)
+            x = jnp.take_along_axis(rotated, turns, axis=2)[:, :, 0]
+        x = x.astype(jnp.float32) / 255.0
+        if self.normalize is not None:
+            mean, std = (jnp.asarray(v, jnp.float32).reshape((1,) * 5 + (-1,)) for v in self.normalize)
+            x = (x - mean) / std
+
+        def split(part: jax.Array, per_class: int) -> tuple[jax.Array, jax.Array]:
+            labels = jnp.repeat(jnp.arange(self.ways, dtype=jnp.int32), per_class)
+            return (
+                part.reshape(num_tasks, self.ways * per_class, *image_shape),
+                jnp.broadcast_to(labels, (num_tasks, self.ways * per_class)),
+            )
+
+        support_x, support_y = split(x[:, :, : self.shots], self.shots)
+        query_x, query_y = split(x[:, :, self.shots :], self.queries)
+        return Episode(support_x, support_y, query_x, query_y)
+
+
+def _flatten(task: FewShot):
+    return (task.images,), tuple(getattr(task, f.name) for f in _STATIC_FIELDS)
+
+
+def _unflatten(static: tuple, leaves: tuple) -> FewShot:
+    # Rebuilt without __init__: leaves may be tracers or placeholders during transformations.
+    task = object.__new__(FewShot)
+    object.__setattr__(task, "images", leaves[0])
+    for field, value in zip(_STATIC_FIELDS, static, strict=True):
+        object.__setattr__(task, field.name, value)
+    return task
+
+
+_STATIC_FIELDS = tuple(f for f in dataclasses.fields(FewShot) if f.name != "images")
+jax.tree_util.register_pytree_node(FewShot, _flatten, _unflatten)
+
+
+class Benchmark(NamedTuple):
+    """Meta-train, meta-validation and meta-test task distributions (``val`` is ``None`` when a split has none)."""
+
+    train: FewShot
+    val: FewShot | None
+    test: FewShot
+
+
+BENCHMARK_SPLITS = {"omniglot": ("vinyals", "lake"), "miniimagenet": ("ravi",)}
+"""Benchmark names and their class splits; the first is the default."""
+_PARTS = {
+    "vinyals": ("vinyals-train", "vinyals-val", "vinyals-test"),
+    "lake": ("background", None, "evaluation"),
+    "ravi": ("train", "val", "test"),
+}
+_LOADERS = {"omniglot": (load_omniglot, 28), "miniimagenet": (load_miniimagenet, 84)}
+
+
+def benchmark(
+    name: str,
+    *,
+    ways: int,
+    shots: int,
+    queries: int,
+    root: str | os.PathLike | None = None,
+    image_size: int | None = None,
+    split: str | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    augment_rotations: bool = False,
+) -> Benchmark:
+    """The standard few-shot benchmarks as train/val/test task distributions (like learn2learn's ``get_tasksets``).
+
+    * ``"omniglot"``, split ``"vinyals"`` (default): 28x28, the Vinyals et al. (2016) split
+      with 90-degree rotations as extra classes: 4112 / 688 / 1692 classes of 20 images.
+      Split ``"lake"``: ``train`` is Lake's background set (964 classes), ``test`` the
+      evaluation set (659), ``val`` is ``None``; no rotations.
+    * ``"miniimagenet"``, split ``"ravi"``: 84x84x3, the Ravi & Larochelle (2017) split,
+      64 / 16 / 20 classes of 600 images.
+
+    Args:
+        name: ``"omniglot"`` or ``"miniimagenet"``.
+        ways: classes per task.
+        shots: support images per class.
+        queries: query images per class.
+        root: data folder; ``None`` for ``$METAJAX_DATA`` or ``~/.cache/metajax``.
+        image_size: square image side; ``None`` for the literature's default (28 or 84).
+        split: a class split of :data:`BENCHMARK_SPLITS` ``[name]``; ``None`` for the first.
+        cache_dir: folder of decoded-array caches; ``None`` for the loaders' default.
+        augment_rotations: random 90-degree rotation per class and task, on every split.
+
+    Returns:
+        ``Benchmark(train, val, test)`` of :class:`FewShot`, sharing ``ways``, ``shots`` and
+        ``queries``.
+
+    Raises:
+        FileNotFoundError: the data is missing (the message says where to get it).
+        ValueError: a bad argument.
+
+    Example:
+        >>> tasks = benchmark("omniglot", ways=5, shots=1, queries=15)  # doctest: +SKIP
+        >>> tasks.train.sample(jax.random.key(0), 32).support_x.shape
+        (32, 5, 28, 28, 1)
+    """
+    check_choice("name", name, BENCHMARK_SPLITS)
+    split = BENCHMARK_SPLITS[name][0] if split is None else split
+    check_choice("split", split, BENCHMARK_SPLITS[name])
+    load, default_size = _LOADERS[name]
+    size = default_size if image_size is None else image_size
+
+    def make(part: str | None) -> FewShot | None:
+        if part is None:
+            return None
+        images = load(part, root=root, image_size=size, cache_dir=cache_dir).images
+        return FewShot(images, ways=ways, shots=shots, queries=queries, augment_rotations=augment_rotations)
+
+    return Benchmark(*(make(part) for part in _PARTS[split]))
