@@ -1,7 +1,18 @@
 """metajax: meta-learning in JAX. Every learner is a pure function of (params, task, key)."""
 
-from metajax import algorithms, losses, models, tasks
-from metajax.algorithms import ANIL, MAML, FirstOrder, Implicit, MetaSGD, Reptile, SecondOrder, inner_loop
+from metajax import algorithms, datasets, losses, models, tasks
+from metajax.algorithms import (
+    ANIL,
+    MAML,
+    FirstOrder,
+    Implicit,
+    MatchingNet,
+    MetaSGD,
+    ProtoNet,
+    Reptile,
+    SecondOrder,
+    inner_loop,
+)
 from metajax.episode import Episode, validate_episode
 from metajax.evaluation import confidence_interval, evaluate
 from metajax.training import TrainState, init_state, make_train_step, meta_step, train
@@ -14,12 +25,15 @@ __all__ = [
     "Episode",
     "FirstOrder",
     "Implicit",
+    "MatchingNet",
     "MetaSGD",
+    "ProtoNet",
     "Reptile",
     "SecondOrder",
     "TrainState",
     "algorithms",
     "confidence_interval",
+    "datasets",
     "evaluate",
     "init_state",
     "inner_loop",

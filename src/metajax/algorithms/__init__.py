@@ -11,13 +11,17 @@ from metajax.algorithms.inner import (
     scale_by_learned_rates,
 )
 from metajax.algorithms.maml import MAML
+from metajax.algorithms.matchingnet import MatchingNet
 from metajax.algorithms.metasgd import MetaSGD
+from metajax.algorithms.protonet import ProtoNet
 from metajax.algorithms.reptile import Reptile
 
 __all__ = [
     "ANIL",
     "MAML",
+    "MatchingNet",
     "MetaSGD",
+    "ProtoNet",
     "Reptile",
     "FirstOrder",
     "Implicit",

@@ -1,0 +1,190 @@
+"""Prototypical Networks: numbers against numpy, shapes, errors, batching and a short meta-training run."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import metajax
+from metajax import models
+from metajax.algorithms import ProtoNet
+
+
+class Flatten(nn.Module):
+    """A parameter-free embedding: the inputs themselves, flattened."""
+
+    @nn.compact
+    def __call__(self, x):
+        return x.reshape(x.shape[0], -1)
+
+
+def tiny_episode():
+    """3-way task on 2x2 "images": 2 support examples per class, 4 queries."""
+    rng = np.random.default_rng(0)
+    sx = rng.normal(size=(6, 2, 2)).astype(np.float32)
+    sy = np.array([0, 1, 2, 2, 1, 0], np.int32)
+    qx = rng.normal(size=(4, 2, 2)).astype(np.float32)
+    qy = np.array([2, 0, 1, 1], np.int32)
+    return metajax.Episode(jnp.asarray(sx), jnp.asarray(sy), jnp.asarray(qx), jnp.asarray(qy))
+
+
+def numpy_loss(episode, similarity):
+    sx, qx = (np.asarray(x, np.float64).reshape(x.shape[0], -1) for x in (episode.support_x, episode.query_x))
+    sy, qy = np.asarray(episode.support_y), np.asarray(episode.query_y)
+    prototypes = np.stack([sx[sy == c].mean(0) for c in range(3)])
+    logits = np.array([[similarity(q, p) for p in prototypes] for q in qx])
+    log_softmax = logits - np.log(np.exp(logits).sum(1, keepdims=True))
+    return -log_softmax[np.arange(len(qy)), qy].mean(), (logits.argmax(1) == qy).mean(), prototypes
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.5])
+def test_euclidean_loss_matches_numpy(temperature):
+    episode = tiny_episode()
+    learner = ProtoNet(Flatten(), ways=3, temperature=temperature)
+    params = learner.init(jax.random.key(0), episode)
+    loss, metrics = learner.loss(params, episode, jax.random.key(1))
+    expected, accuracy, prototypes = numpy_loss(episode, lambda q, p: -temperature * np.sum((q - p) ** 2))
+    np.testing.assert_allclose(loss, expected, rtol=1e-5)
+    np.testing.assert_allclose(metrics["loss"], expected, rtol=1e-5)
+    np.testing.assert_allclose(metrics["accuracy"], accuracy)
+    np.testing.assert_allclose(learner.adapt(params, episode.support, None)["prototypes"], prototypes, rtol=1e-6)
+
+
+def test_cosine_loss_matches_numpy():
+    episode = tiny_episode()
+    learner = ProtoNet(Flatten(), ways=3, distance="cosine", temperature=10.0)
+    loss, metrics = learner.loss(learner.init(jax.random.key(0), episode), episode, jax.random.key(1))
+    expected, accuracy, _ = numpy_loss(episode, lambda q, p: 10.0 * q @ p / np.linalg.norm(q) / np.linalg.norm(p))
+    np.testing.assert_allclose(loss, expected, rtol=1e-5)
+    np.testing.assert_allclose(metrics["accuracy"], accuracy)
+
+
+def test_hand_set_dense_embedding_scales_distances():
+    # embed(x) = 2 x, so squared distances (and the loss's logits) are 4 times the identity's.
+    episode = jax.tree.map(lambda a: a.reshape(a.shape[0], -1) if a.ndim > 1 else a, tiny_episode())
+    learner = ProtoNet(nn.Dense(4), ways=3)
+    params = {"kernel": 2.0 * jnp.eye(4), "bias": jnp.zeros(4)}
+    expected, _, _ = numpy_loss(episode, lambda q, p: -4.0 * np.sum((q - p) ** 2))
+    np.testing.assert_allclose(learner.loss(params, episode, None)[0], expected, rtol=1e-5)
+
+
+def test_adapt_predict_and_evaluate_shapes():
+    episode = tiny_episode()
+    learner = ProtoNet(models.MLP(hidden=(8,), out=None), ways=3)
+    flat = jax.tree.map(lambda a: a.reshape(a.shape[0], -1) if a.ndim > 1 else a, episode)
+    params = learner.init(jax.random.key(0), flat)
+    adapted = learner.adapt(params, flat.support, jax.random.key(1))
+    assert adapted["prototypes"].shape == (3, 8)
+    assert learner.predict(adapted, flat.query_x).shape == (4, 3)
+    for num_steps in (None, 5):
+        metrics = learner.evaluate(params, flat, jax.random.key(2), num_steps)
+        assert set(metrics) == {"loss", "accuracy"}
+        assert all(m.shape == (1,) for m in metrics.values())
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"ways": 0}, "ways must be a positive integer, got 0"),
+        ({"ways": 2.5}, "ways must be a positive integer, got 2.5"),
+        ({"ways": 3, "distance": "l2"}, "distance must be one of 'euclidean', 'cosine'; got 'l2'"),
+        ({"ways": 3, "temperature": 0.0}, "temperature must be a positive number, got 0.0"),
+    ],
+)
+def test_bad_configuration_is_refused(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        ProtoNet(Flatten(), **kwargs)
+
+
+def test_episode_that_does_not_fit_ways_is_refused():
+    episode = tiny_episode()
+    with pytest.raises(ValueError, match="ways=7 needs at least one support example per class.*6 examples"):
+        ProtoNet(Flatten(), ways=7).init(jax.random.key(0), episode)
+    floats = episode.replace(support_y=episode.support_y.astype(jnp.float32))
+    with pytest.raises(TypeError, match="support_y must hold integer class labels in \\[0, 3\\), got dtype float32"):
+        ProtoNet(Flatten(), ways=3).loss({}, floats, None)
+
+
+def separable_images(key, num_tasks, ways=3, shots=2, queries=3):
+    """Batched tasks: each class is a random 8x8 template, examples are noisy copies."""
+
+    def one(key):
+        k_templates, k_perm, k_support, k_query = jax.random.split(key, 4)
+        templates = jax.random.normal(k_templates, (ways, 8, 8, 1))
+        sy = jax.random.permutation(k_perm, jnp.repeat(jnp.arange(ways, dtype=jnp.int32), shots))
+        qy = jnp.repeat(jnp.arange(ways, dtype=jnp.int32), queries)
+        sx = templates[sy] + 0.5 * jax.random.normal(k_support, (ways * shots, 8, 8, 1))
+        qx = templates[qy] + 0.5 * jax.random.normal(k_query, (ways * queries, 8, 8, 1))
+        return metajax.Episode(sx, sy, qx, qy)
+
+    return jax.vmap(one)(jax.random.split(key, num_tasks))
+
+
+def separable_vectors(key, num_tasks, ways=3, shots=2, queries=3, dim=8):
+    """Batched tasks in which only the first 2 of ``dim`` features tell the classes apart."""
+
+    def one(key):
+        k_centers, k_perm, k_support, k_query = jax.random.split(key, 4)
+        centers = jnp.zeros((ways, dim)).at[:, :2].set(2.0 * jax.random.normal(k_centers, (ways, 2)))
+        sy = jax.random.permutation(k_perm, jnp.repeat(jnp.arange(ways, dtype=jnp.int32), shots))
+        qy = jnp.repeat(jnp.arange(ways, dtype=jnp.int32), queries)
+        sx = centers[sy] + jax.random.normal(k_support, (ways * shots, dim))
+        qx = centers[qy] + jax.random.normal(k_query, (ways * queries, dim))
+        return metajax.Episode(sx, sy, qx, qy)
+
+    return jax.vmap(one)(jax.random.split(key, num_tasks))
+
+
+def test_jit_vmap_over_three_tasks_matches_per_task_loop():
+    learner = ProtoNet(models.Conv4(filters=8), ways=3, distance="cosine", temperature=5.0)
+    episodes = separable_images(jax.random.key(0), 3)
+    keys = jax.random.split(jax.random.key(1), 3)
+    params = learner.init(jax.random.key(2), jax.tree.map(lambda a: a[0], episodes))
+    losses, metrics = jax.jit(jax.vmap(learner.loss, in_axes=(None, 0, 0)))(params, episodes, keys)
+    assert losses.shape == (3,) and metrics["accuracy"].shape == (3,)
+    one_task = jax.jit(learner.loss)
+    looped = [one_task(params, jax.tree.map(lambda a, i=i: a[i], episodes), keys[i])[0] for i in range(3)]
+    np.testing.assert_allclose(losses, np.stack(looped), rtol=1e-5, atol=1e-6)
+    evaluated = jax.vmap(learner.evaluate, in_axes=(None, 0, 0, None))(params, episodes, keys, 4)
+    assert evaluated["loss"].shape == (3, 1)
+    np.testing.assert_allclose(evaluated["loss"][:, 0], losses, rtol=1e-5, atol=1e-6)
+
+
+def test_adam_steps_lower_the_loss():
+    learner = ProtoNet(models.MLP(hidden=(32,), out=16), ways=3)
+    held_out = separable_vectors(jax.random.key(0), 16)
+    params = learner.init(jax.random.key(1), jax.tree.map(lambda a: a[0], held_out))
+    optimizer = optax.adam(1e-2)
+    opt_state = optimizer.init(params)
+
+    def batch_loss(params, episodes):
+        keys = jax.random.split(jax.random.key(0), episodes.query_y.shape[0])
+        return jnp.mean(jax.vmap(learner.loss, in_axes=(None, 0, 0))(params, episodes, keys)[0])
+
+    @jax.jit
+    def step(params, opt_state, key):
+        grads = jax.grad(batch_loss)(params, separable_vectors(key, 8))
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state
+
+    before = jax.jit(batch_loss)(params, held_out)
+    for key in jax.random.split(jax.random.key(2), 20):
+        params, opt_state = step(params, opt_state, key)
+    after = jax.jit(batch_loss)(params, held_out)
+    assert after < 0.6 * before, (before, after)
+
+
+def test_meta_test_protocol_reports_one_value_per_metric():
+    class Vectors:
+        kind = "classification"
+
+        def sample(self, key, num_tasks):
+            return separable_vectors(key, num_tasks)
+
+    learner = ProtoNet(models.MLP(hidden=(8,), out=None), ways=3)
+    params = learner.init(jax.random.key(0), jax.tree.map(lambda a: a[0], separable_vectors(jax.random.key(1), 1)))
+    summary = metajax.evaluate(learner, params, Vectors(), key=jax.random.key(2), num_tasks=4, batch_size=2)
+    assert summary["num_steps"] == 0
+    assert len(summary["accuracy"]["mean"]) == 1 and len(summary["loss"]["ci95"]) == 1
