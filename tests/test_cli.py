@@ -7,7 +7,7 @@ import pytest
 from metajax import cli
 
 
-@pytest.mark.parametrize("algo", cli.ALGORITHMS)
+@pytest.mark.parametrize("algo", cli.GRADIENT_ALGORITHMS)
 def test_train_writes_metrics(tmp_path, algo):
     out = tmp_path / algo
     code = cli.main(
@@ -21,6 +21,26 @@ def test_train_writes_metrics(tmp_path, algo):
     assert len(metrics["eval"]["mse"]["mean"]) == 4 and len(metrics["eval"]["mse"]["ci95"]) == 4
     assert metrics["eval"]["num_tasks"] == 20
     assert metrics["machine"]["backend"] == "cpu"
+
+
+@pytest.mark.parametrize("algo", ["protonet", "maml"])
+def test_omniglot_train_writes_accuracy(tmp_path, monkeypatch, data_root, omniglot_cache, algo):
+    monkeypatch.setenv("METAJAX_CACHE", str(omniglot_cache))
+    out = tmp_path / algo
+    argv = ["train", "--algo", algo, "--task", "omniglot", "--data-root", str(data_root), "--ways", "3",
+            "--train-ways", "4", "--shots", "1", "--query", "2", "--filters", "4", "--meta-batch", "2", "--steps", "2",
+            "--log-every", "1", "--eval-tasks", "4", "--eval-steps", "1", "--out", str(out), "--no-progress"]
+    assert cli.main(argv) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    accuracy = metrics["eval"]["accuracy"]["mean"]
+    assert len(accuracy) == (1 if algo == "protonet" else 2)
+    assert all(0.0 <= a <= 1.0 for a in accuracy)
+    assert [e["step"] for e in metrics["train"]["curve"]] == [1, 2]
+
+
+def test_metric_learner_on_regression_is_rejected(tmp_path):
+    with pytest.raises(SystemExit, match="--algo protonet needs a classification task, not --task sinusoid"):
+        cli.main(["train", "--algo", "protonet", "--steps", "1", "--out", str(tmp_path)])
 
 
 @pytest.mark.parametrize(

@@ -16,8 +16,13 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-ALGORITHMS = ("maml", "fomaml", "imaml", "reptile", "anil", "metasgd")
-TASKS = ("sinusoid",)
+GRADIENT_ALGORITHMS = ("maml", "fomaml", "imaml", "reptile", "anil", "metasgd")
+METRIC_ALGORITHMS = ("protonet", "matchingnet")
+ALGORITHMS = GRADIENT_ALGORITHMS + METRIC_ALGORITHMS
+TASKS = ("sinusoid", "omniglot", "miniimagenet")
+# MAML paper (Finn et al., 2017): Conv4 with 64 strided filters on Omniglot, 32 max-pooled on
+# miniImageNet; ProtoNets and Matching Networks use 64 max-pooled filters on both.
+DEFAULT_FILTERS = {"omniglot": 64, "miniimagenet": 32}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -27,67 +32,92 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="meta-train, evaluate on new tasks, write OUT/metrics.json")
     t.add_argument("--algo", choices=ALGORITHMS, default="maml", help="learner (default: maml)")
     t.add_argument("--task", choices=TASKS, default="sinusoid", help="task distribution (default: sinusoid)")
-    t.add_argument("--shots", type=int, default=10, help="support examples per task (sinusoid: K points; default 10)")
-    t.add_argument("--query", type=int, default=None, help="query examples per task (default: equal to --shots)")
+    t.add_argument("--shots", type=int, default=10, help="support examples per task or class (default 10)")
+    t.add_argument("--query", type=int, default=None, help="query examples per task (sinusoid, default: --shots) or per class (default 15)")
+    t.add_argument("--ways", type=int, default=5, help="classes per test episode (classification; default 5)")
+    t.add_argument("--train-ways", type=int, default=None, help="classes per training episode (default: --ways)")
+    t.add_argument("--data-root", type=Path, default=None, help="dataset folder (default: $METAJAX_DATA)")
+    t.add_argument("--filters", type=int, default=None, help="Conv4 filters (default: 64 Omniglot, 32 miniImageNet MAML)")
     t.add_argument("--meta-batch", type=int, default=25, help="tasks per meta-step (default 25)")
     t.add_argument("--inner-steps", type=int, default=1, help="inner steps during meta-training (default 1)")
     t.add_argument("--inner-lr", type=float, default=0.01, help="inner SGD step size (default 0.01)")
     t.add_argument("--meta-lr", type=float, default=1e-3, help="Adam step size of the outer loop (default 1e-3)")
+    t.add_argument("--lr-decay-every", type=int, default=None, help="halve the meta step size every N steps")
     t.add_argument("--steps", type=int, default=70000, help="meta-steps (default 70000)")
     t.add_argument("--seed", type=int, default=0, help="PRNG seed (default 0)")
     t.add_argument("--out", type=Path, required=True, help="output directory")
     t.add_argument("--eval-tasks", type=int, default=600, help="new tasks at meta-test (default 600)")
-    t.add_argument("--eval-steps", type=int, default=10, help="inner steps at meta-test (default 10)")
+    t.add_argument("--eval-steps", type=int, default=None, help="inner steps at meta-test (default 10; 3 on Omniglot)")
     t.add_argument("--imaml-prox", type=float, default=1.0, help="iMAML proximal strength lambda (default 1.0)")
     t.add_argument("--imaml-cg-steps", type=int, default=5, help="iMAML conjugate-gradient steps (default 5)")
     t.add_argument("--steps-per-call", type=int, default=None, help="meta-steps per dispatch (default: 100 for sinusoid)")
     t.add_argument("--log-every", type=int, default=1000, help="meta-steps per logged training entry (default 1000)")
-    t.add_argument("--task-batching", choices=("vmap", "map"), default="vmap", help="how tasks are batched")
+    t.add_argument("--task-batching", choices=("vmap", "map"), default=None, help="how tasks are batched (default: per backend)")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
 
 
-def build_learner(args: argparse.Namespace):
-    """The learner named by ``--algo``, with the task's model and objective."""
+def build_learner(args: argparse.Namespace, ways: int | None = None):
+    """The learner named by ``--algo`` with the task's model and objective (``ways`` for classification)."""
     import flax.linen as nn
 
     from metajax import algorithms, losses, models
 
-    objective = losses.mse
+    if args.task == "sinusoid":
+        if args.algo in METRIC_ALGORITHMS:
+            raise SystemExit(f"metajax train: --algo {args.algo} needs a classification task, not --task sinusoid.")
+        body, objective = models.MLP(hidden=(40, 40), out=None), losses.mse
+        net, head = models.MLP(hidden=(40, 40), out=1), nn.Dense(1)
+    else:
+        filters = args.filters or (64 if args.algo in METRIC_ALGORITHMS else DEFAULT_FILTERS[args.task])
+        pool = "stride" if args.task == "omniglot" and args.algo not in METRIC_ALGORITHMS else "max"
+        body, objective = models.Conv4(filters=filters, pool=pool), losses.cross_entropy
+        net, head = models.Conv4(filters=filters, pool=pool, out=ways), nn.Dense(ways)
+    if args.algo == "protonet":
+        return algorithms.ProtoNet(body, ways=ways)
+    if args.algo == "matchingnet":
+        return algorithms.MatchingNet(body, ways=ways)
     common = dict(inner_lr=args.inner_lr, inner_steps=args.inner_steps, objective=objective)
-    mlp = models.MLP(hidden=(40, 40), out=1)
     if args.algo == "maml":
-        return algorithms.MAML(mlp, **common)
+        return algorithms.MAML(net, **common)
     if args.algo == "fomaml":
-        return algorithms.MAML(mlp, meta_gradient=algorithms.FirstOrder(), **common)
+        return algorithms.MAML(net, meta_gradient=algorithms.FirstOrder(), **common)
     if args.algo == "imaml":
-        return algorithms.MAML(mlp, meta_gradient=algorithms.Implicit(args.imaml_prox, args.imaml_cg_steps), **common)
+        return algorithms.MAML(net, meta_gradient=algorithms.Implicit(args.imaml_prox, args.imaml_cg_steps), **common)
     if args.algo == "reptile":
-        return algorithms.Reptile(mlp, **common)
+        return algorithms.Reptile(net, **common)
     if args.algo == "anil":
-        return algorithms.ANIL(models.MLP(hidden=(40, 40), out=None), nn.Dense(1), **common)
-    return algorithms.MetaSGD(mlp, **common)
+        return algorithms.ANIL(body, head, **common)
+    return algorithms.MetaSGD(net, **common)
 
 
-def build_task(args: argparse.Namespace):
-    """The task distribution named by ``--task``."""
+def build_tasks(args: argparse.Namespace):
+    """``(train, test)`` task distributions named by ``--task``."""
+    import dataclasses
+
     from metajax import tasks
 
-    return tasks.Sinusoid(shots=args.shots, queries=args.query)
+    if args.task == "sinusoid":
+        task = tasks.Sinusoid(shots=args.shots, queries=args.query)
+        return task, task
+    query = 15 if args.query is None else args.query
+    bench = tasks.benchmark(args.task, ways=args.ways, shots=args.shots, queries=query, root=args.data_root)
+    train_ways = args.train_ways or args.ways
+    return dataclasses.replace(bench.train, ways=train_ways), bench.test
 
 
 def _check_args(args: argparse.Namespace) -> None:
-    for name in ("shots", "meta_batch", "inner_steps", "steps", "log_every", "imaml_cg_steps"):
+    for name in ("shots", "ways", "meta_batch", "inner_steps", "steps", "log_every", "imaml_cg_steps"):
         value = getattr(args, name)
         if value <= 0:
             raise SystemExit(f"metajax train: --{name.replace('_', '-')} must be a positive integer, got {value}.")
-    for name in ("query", "steps_per_call"):
+    for name in ("query", "steps_per_call", "train_ways", "filters", "lr_decay_every"):
         value = getattr(args, name)
         if value is not None and value <= 0:
             raise SystemExit(f"metajax train: --{name.replace('_', '-')} must be a positive integer, got {value}.")
     if args.eval_tasks < 2:
         raise SystemExit(f"metajax train: --eval-tasks must be at least 2, got {args.eval_tasks}.")
-    if args.eval_steps < 0:
+    if args.eval_steps is not None and args.eval_steps < 0:
         raise SystemExit(f"metajax train: --eval-steps must be non-negative, got {args.eval_steps}.")
     for name in ("inner_lr", "meta_lr", "imaml_prox"):
         value = getattr(args, name)
@@ -114,34 +144,51 @@ def machine() -> dict:
 def train_command(args: argparse.Namespace) -> dict:
     """Run ``metajax train``; returns what it writes to ``OUT/metrics.json``."""
     _check_args(args)
+    import dataclasses
+
     import jax
     import optax
 
     from metajax.evaluation import evaluate
-    from metajax.training import train
+    from metajax.training import default_task_batching, train
 
-    learner, task = build_learner(args), build_task(args)
+    train_task, test_task = build_tasks(args)
+    learner = build_learner(args, getattr(train_task, "ways", None))
+    test_learner = dataclasses.replace(learner, ways=test_task.ways) if hasattr(learner, "ways") else learner
     steps_per_call = args.steps_per_call or (100 if args.task == "sinusoid" else 1)
+    eval_steps = args.eval_steps if args.eval_steps is not None else (3 if args.task == "omniglot" else 10)
+    per_task_conv = args.task != "sinusoid" and args.algo in GRADIENT_ALGORITHMS and args.algo != "anil"
+    task_batching = args.task_batching or default_task_batching(per_task_conv)
+    meta_lr = args.meta_lr
+    if args.lr_decay_every:
+        meta_lr = optax.exponential_decay(args.meta_lr, args.lr_decay_every, 0.5, staircase=True)
     args.out.mkdir(parents=True, exist_ok=True)
-    key = jax.random.key(args.seed)
-    k_train, k_eval = jax.random.split(key)
+    k_train, k_eval = jax.random.split(jax.random.key(args.seed))
     t0 = time.perf_counter()
     state, history = train(
         learner,
-        task,
-        optax.adam(args.meta_lr),
+        train_task,
+        optax.adam(meta_lr),
         key=k_train,
         num_steps=args.steps,
         meta_batch=args.meta_batch,
         steps_per_call=steps_per_call,
         log_every=args.log_every,
-        task_batching=args.task_batching,
+        task_batching=task_batching,
         progress=not args.no_progress,
     )
     train_seconds = time.perf_counter() - t0
-    eval_summary = evaluate(learner, state.params, task, key=k_eval, num_tasks=args.eval_tasks, num_steps=args.eval_steps)
-    config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "func"}
-    config["steps_per_call"] = steps_per_call
+    eval_summary = evaluate(
+        test_learner,
+        state.params,
+        test_task,
+        key=k_eval,
+        num_tasks=args.eval_tasks,
+        num_steps=eval_steps,
+        task_batching=task_batching,
+    )
+    config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+    config.update(steps_per_call=steps_per_call, eval_steps=eval_steps, task_batching=task_batching)
     result = {
         "config": config,
         "machine": machine(),
@@ -166,9 +213,11 @@ def _write_json_atomic(path: Path, obj: dict) -> None:
 
 def _summary_line(result: dict) -> str:
     ev = result["eval"]
-    metric = next(k for k in ev if isinstance(ev[k], dict))
+    metric = "accuracy" if "accuracy" in ev else next(k for k in ev if isinstance(ev[k], dict))
     steps = ev["num_steps"]
     shown = sorted({0, 1, steps} & set(range(steps + 1)))
+    if len(ev[metric]["mean"]) == 1:
+        shown = [0]
     parts = [f"step {s}: {ev[metric]['mean'][s]:.4f} +- {ev[metric]['ci95'][s]:.4f}" for s in shown]
     return f"{metric} on {ev['num_tasks']} new tasks, " + ", ".join(parts)
 

@@ -8,7 +8,8 @@ from typing import Any
 import jax
 import numpy as np
 
-from metajax._checks import check_positive_int
+from metajax._checks import check_choice, check_positive_int
+from metajax._tree import partition
 from metajax.tasks.base import TaskDistribution
 
 
@@ -21,6 +22,7 @@ def evaluate(
     num_tasks: int = 600,
     num_steps: int | None = None,
     batch_size: int = 100,
+    task_batching: str = "vmap",
 ) -> dict[str, Any]:
     """Adapt to ``num_tasks`` new tasks and summarise the query metrics.
 
@@ -36,6 +38,7 @@ def evaluate(
         num_tasks: tasks to average over (the literature uses at least 600).
         num_steps: inner steps at test time; ``None`` is the learner's default.
         batch_size: tasks per compiled batch.
+        task_batching: ``"vmap"`` or ``"map"`` (one task at a time, see ``default_task_batching``).
 
     Returns:
         ``{"num_tasks": n, "num_steps": s, metric: {"mean": [...], "ci95": [...]}}``: one
@@ -45,20 +48,25 @@ def evaluate(
     if isinstance(num_tasks, bool) or not isinstance(num_tasks, int) or num_tasks < 2:
         raise ValueError(f"num_tasks must be an integer >= 2 (for an interval), got {num_tasks!r}.")
     check_positive_int("batch_size", batch_size)
+    check_choice("task_batching", task_batching, ("vmap", "map"))
     if num_steps is not None:
         check_positive_int("num_steps", num_steps, allow_zero=True)
     batch_size = min(batch_size, num_tasks)
 
+    task_arrays, rebuild_task = partition(task)
+
     @jax.jit
-    def run(params, key):
+    def run(params, key, task_arrays):
         k_tasks, k_learn = jax.random.split(key)
-        episodes = task.sample(k_tasks, batch_size)
+        episodes = rebuild_task(task_arrays).sample(k_tasks, batch_size)
         keys = jax.random.split(k_learn, batch_size)
-        return jax.vmap(learner.evaluate, in_axes=(None, 0, 0, None))(params, episodes, keys, num_steps)
+        if task_batching == "vmap":
+            return jax.vmap(learner.evaluate, in_axes=(None, 0, 0, None))(params, episodes, keys, num_steps)
+        return jax.lax.map(lambda ek: learner.evaluate(params, *ek, num_steps), (episodes, keys))
 
     chunks = []
     for k in jax.random.split(key, math.ceil(num_tasks / batch_size)):
-        chunks.append(jax.device_get(run(params, k)))
+        chunks.append(jax.device_get(run(params, k, task_arrays)))
     per_task = jax.tree.map(lambda *xs: np.concatenate(xs)[:num_tasks], *chunks)
     summary: dict[str, Any] = {"num_tasks": num_tasks}
     for name, values in per_task.items():
