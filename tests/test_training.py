@@ -39,6 +39,15 @@ def test_continuing_from_a_state_equals_one_run():
     jax.tree.map(np.testing.assert_array_equal, full.params, resumed.params)
 
 
+def test_time_budget_stops_early_and_logs_the_last_step():
+    common = dict(key=jax.random.key(4), meta_batch=2, log_every=1000, progress=False, steps_per_call=1)
+    state, history = metajax.train(_maml(), tasks.Sinusoid(shots=5), optax.adam(1e-3), num_steps=10**6,
+                                   max_seconds=1e-9, **common)
+    assert int(state.step) == 1 and [e["step"] for e in history] == [1]
+    with pytest.raises(ValueError, match="max_seconds must be positive or None, got 0"):
+        metajax.train(_maml(), tasks.Sinusoid(shots=5), optax.adam(1e-3), num_steps=2, max_seconds=0, **common)
+
+
 def test_map_batching_matches_vmap():
     common = dict(key=jax.random.key(5), num_steps=3, meta_batch=4, log_every=3, progress=False)
     sv, _ = metajax.train(_maml(), tasks.Sinusoid(shots=5), optax.adam(1e-3), task_batching="vmap", **common)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jax
 import jax.numpy as jnp
@@ -21,6 +21,9 @@ from metajax._checks import check_choice, check_positive_int
 from metajax._tree import partition
 from metajax.episode import Episode
 from metajax.tasks.base import TaskDistribution
+
+if TYPE_CHECKING:  # orbax is imported only by runs that checkpoint
+    from metajax.checkpoint import Checkpointer
 
 TASK_BATCHING = ("vmap", "map")
 
@@ -67,11 +70,22 @@ def _raw_key(key: jax.Array) -> jax.Array:
 def default_task_batching(per_task_conv_weights: bool) -> str:
     """How to batch tasks on this backend: ``"vmap"`` or ``"map"``.
 
-    ``vmap`` of a convolution whose weights differ per task (MAML's adapted Conv4) becomes
-    a grouped convolution, which XLA's CPU backend runs several times slower than one task
-    at a time (measured on 2 CPU cores, Conv4-64 5-way 1-shot second-order MAML, meta-batch
-    32: 1.6 tasks/s with vmap, 7.6 with lax.map). Everything else, and every
-    accelerator, uses ``vmap``.
+    One half of the per-backend switch; the other is ``metajax.models.conv.default_conv_impl``
+    (Conv4's ``impl=None``: ``"patches"`` on CPU, ``"xla"`` elsewhere). ``vmap`` of a
+    convolution whose weights differ per task (MAML's adapted Conv4) becomes a grouped
+    convolution, which XLA's CPU backend runs very slowly; written as patches x matmul it
+    becomes a batched matmul. Measured on 2 busy CPU cores (load 2-5), Conv4-64 5-way 1-shot
+    5 queries, meta-batch 32, 1 inner step, tasks/s (``scripts/benchmark.py --workload
+    maml-omniglot --task-batching vmap,map --conv-impl xla,patches``)::
+
+                        xla conv   patches
+        first  / vmap      1.2       42.3
+        first  / map       6.7       45.7
+        second / vmap      0.9       28.5
+        second / map       4.3       35.9
+
+    So on CPU, tasks with per-task conv weights use ``lax.map`` (with patches); everything
+    else, and every accelerator, uses ``vmap``. See ``docs/performance.md``.
     """
     return "map" if per_task_conv_weights and jax.default_backend() == "cpu" else "vmap"
 
@@ -154,6 +168,9 @@ def train(
     state: TrainState | None = None,
     progress: bool = True,
     on_log: Callable[[TrainState, dict], None] | None = None,
+    max_seconds: float | None = None,
+    checkpointer: Checkpointer | None = None,
+    checkpoint_record: dict | None = None,
 ) -> tuple[TrainState, list[dict]]:
     """Meta-train ``learner`` on ``task`` for ``num_steps`` meta-steps.
 
@@ -170,6 +187,12 @@ def train(
         state: a state to continue from (e.g. a restored checkpoint).
         progress: show a progress bar with loss and tasks/s.
         on_log: called as ``on_log(state, entry)`` after each history entry (checkpoints, logs).
+        max_seconds: stop at the first dispatch that ends after this much wall time (a
+            time budget); the returned state's ``step`` says how far it got.
+        checkpointer: saves the state every ``checkpointer.every`` meta-steps (dispatches
+            end on those steps), at the end, and on ``KeyboardInterrupt``; resuming from
+            one of its checkpoints gives the same parameters as an uninterrupted run.
+        checkpoint_record: JSON-able record stored with each checkpoint (the run's config).
 
     Returns:
         ``(state, history)``; each history entry holds ``step``, the mean of every metric
@@ -180,6 +203,8 @@ def train(
     """
     check_positive_int("num_steps", num_steps)
     check_positive_int("log_every", log_every)
+    if max_seconds is not None and not max_seconds > 0:
+        raise ValueError(f"max_seconds must be positive or None, got {max_seconds}.")
     if state is None:
         state = init_state(learner, task, optimizer, key)
     step_fns: dict[int, Callable] = {}
@@ -192,6 +217,8 @@ def train(
     try:
         while done < num_steps:
             n = min(steps_per_call, num_steps - done)
+            if checkpointer is not None:
+                n = min(n, (done // checkpointer.every + 1) * checkpointer.every - done)
             if n not in step_fns:
                 step_fns[n] = make_train_step(learner, task, optimizer, meta_batch, n, task_batching)
             state, metrics = step_fns[n](state)
@@ -201,7 +228,8 @@ def train(
             window.append(metrics)
             if bar is not None:
                 bar.update(n)
-            if done >= next_log or done == num_steps:
+            out_of_time = max_seconds is not None and time.perf_counter() - t_start >= max_seconds
+            if done >= next_log or done == num_steps or out_of_time:
                 now = time.perf_counter()
                 steps_in_window = sum(len(m["loss"]) for m in window)
                 entry = {"step": done}
@@ -215,9 +243,19 @@ def train(
                     on_log(state, entry)
                 window, window_start = [], time.perf_counter()
                 next_log = (done // log_every + 1) * log_every
+            if checkpointer is not None:  # after the log entry, so a checkpoint's log is complete
+                checkpointer.maybe_save(state, checkpoint_record)
+            if out_of_time:
+                break
+    except KeyboardInterrupt:
+        if checkpointer is not None:
+            checkpointer.save(state, checkpoint_record)
+        raise
     finally:
         if bar is not None:
             bar.close()
+    if checkpointer is not None:
+        checkpointer.save(state, checkpoint_record)
     return state, history
 
 
