@@ -6,6 +6,7 @@ decoded arrays are cached under ``cache_dir``, else ``$METAJAX_CACHE``, else
 """
 
 from metajax.datasets._files import ImageClasses, cache_root, data_root
+from metajax.datasets.fashion_mnist import load_fashion_mnist
 from metajax.datasets.miniimagenet import SPLITS as MINIIMAGENET_SPLITS
 from metajax.datasets.miniimagenet import load_miniimagenet
 from metajax.datasets.omniglot import SPLITS as OMNIGLOT_SPLITS
@@ -17,6 +18,7 @@ __all__ = [
     "cache_root",
     "load_omniglot",
     "load_miniimagenet",
+    "load_fashion_mnist",
     "OMNIGLOT_SPLITS",
     "MINIIMAGENET_SPLITS",
 ]

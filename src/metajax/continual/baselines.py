@@ -1,0 +1,273 @@
+"""Baselines under the same stream: sequential fine-tuning, experience replay, EWC, joint training."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+
+from metajax import losses
+from metajax._checks import check_positive, check_positive_int
+from metajax.continual.base import StreamBatch, apply_model, mixed_loss
+from metajax.continual.buffer import ReplayBuffer
+
+
+def _optimizer(lr: float, optimizer: optax.GradientTransformation | None) -> optax.GradientTransformation:
+    return optax.sgd(lr) if optimizer is None else optimizer
+
+
+@dataclasses.dataclass(frozen=True)
+class Finetune:
+    """Sequential fine-tuning: ``steps`` optimizer updates on each incoming batch, nothing else.
+
+    The lower bound of continual learning: it forgets whatever the new data does not
+    support.
+
+    Attributes:
+        model: flax module ``x -> predictions``.
+        lr: SGD step size (ignored when ``optimizer`` is set).
+        steps: updates per incoming batch.
+        optimizer: an Optax transformation; ``None`` for ``optax.sgd(lr)``.
+        objective: ``(predictions, targets) -> (loss, metrics)``.
+
+    Example:
+        >>> import jax, jax.numpy as jnp, metajax
+        >>> from metajax.continual.base import StreamBatch
+        >>> learner = Finetune(metajax.models.MLP(hidden=(8,), out=1), lr=0.1)
+        >>> x, y = jnp.ones((4, 2)), jnp.ones((4, 1))
+        >>> state = learner.init_state(jax.random.key(0), x, y)
+        >>> state, m = learner.update(state, StreamBatch(x, y, jnp.int32(0), jnp.bool_(True)), jax.random.key(1))
+        >>> sorted(m)
+        ['loss', 'mse']
+    """
+
+    model: nn.Module
+    lr: float = 0.01
+    steps: int = 1
+    optimizer: optax.GradientTransformation | None = None
+    objective: Callable = losses.cross_entropy
+
+    def __post_init__(self):
+        check_positive("lr", self.lr)
+        check_positive_int("steps", self.steps)
+
+    def init_state(self, key: jax.Array, x: jax.Array, y: jax.Array) -> dict:
+        """``{"params", "opt"}``."""
+        del y
+        params = self.model.init(key, x)["params"]
+        return {"params": params, "opt": _optimizer(self.lr, self.optimizer).init(params)}
+
+    def predict(self, state: dict, x: jax.Array) -> jax.Array:
+        """Model outputs ``[B, ...]``."""
+        return apply_model(self.model, state["params"], x)
+
+    def update(self, state: dict, batch: StreamBatch, key: jax.Array) -> tuple[dict, dict]:
+        """``steps`` updates on ``batch``; metrics of the last one (before it)."""
+        del key
+        opt = _optimizer(self.lr, self.optimizer)
+
+        def loss_fn(p):
+            return self.objective(apply_model(self.model, p, batch.x), batch.y)
+
+        def step(carry, _):
+            params, opt_state = carry
+            (loss, metrics), g = jax.value_and_grad(loss_fn, has_aux=True)(params)
+            updates, opt_state = opt.update(g, opt_state, params)
+            return (optax.apply_updates(params, updates), opt_state), {"loss": loss, **metrics}
+
+        (params, opt_state), metrics = jax.lax.scan(step, (state["params"], state["opt"]), None, length=self.steps)
+        return {"params": params, "opt": opt_state}, jax.tree.map(lambda a: a[-1], metrics)
+
+
+@dataclasses.dataclass(frozen=True)
+class Joint:
+    """Joint (i.i.d.) training, the upper bound: fine-tuning on the stream shuffled across tasks.
+
+    The learner is :class:`Finetune`; the class attribute ``iid = True`` tells the drivers
+    of :mod:`metajax.continual.protocol` to shuffle the whole stream's examples before
+    running it, so every batch mixes all tasks. Its accuracy matrix has only the initial
+    and final rows.
+
+    Attributes:
+        model, lr, steps, optimizer, objective: as in :class:`Finetune`.
+    """
+
+    model: nn.Module
+    lr: float = 0.01
+    steps: int = 1
+    optimizer: optax.GradientTransformation | None = None
+    objective: Callable = losses.cross_entropy
+
+    iid = True
+
+    def _base(self) -> Finetune:
+        return Finetune(self.model, self.lr, self.steps, self.optimizer, self.objective)
+
+    def init_state(self, key: jax.Array, x: jax.Array, y: jax.Array) -> dict:
+        """As :meth:`Finetune.init_state`."""
+        return self._base().init_state(key, x, y)
+
+    def predict(self, state: dict, x: jax.Array) -> jax.Array:
+        """As :meth:`Finetune.predict`."""
+        return self._base().predict(state, x)
+
+    def update(self, state: dict, batch: StreamBatch, key: jax.Array) -> tuple[dict, dict]:
+        """As :meth:`Finetune.update` (on an already shuffled stream)."""
+        return self._base().update(state, batch, key)
+
+
+@dataclasses.dataclass(frozen=True)
+class ExperienceReplay:
+    """Experience replay with a reservoir buffer on the device (Chaudhry et al., 2019, "tiny episodic memories").
+
+    Each update trains on the incoming batch together with ``replay_batch`` examples drawn
+    from the buffer (none while it is empty), then offers the incoming examples to the
+    buffer by reservoir sampling.
+
+    Attributes:
+        model, lr, steps, optimizer, objective: as in :class:`Finetune`.
+        capacity: buffer slots.
+        replay_batch: replayed examples per update.
+    """
+
+    model: nn.Module
+    lr: float = 0.01
+    steps: int = 1
+    optimizer: optax.GradientTransformation | None = None
+    objective: Callable = losses.cross_entropy
+    capacity: int = 200
+    replay_batch: int = 10
+
+    def __post_init__(self):
+        check_positive("lr", self.lr)
+        for name in ("steps", "capacity", "replay_batch"):
+            check_positive_int(name, getattr(self, name))
+
+    def init_state(self, key: jax.Array, x: jax.Array, y: jax.Array) -> dict:
+        """``{"params", "opt", "buffer"}``."""
+        params = self.model.init(key, x)["params"]
+        return {
+            "params": params,
+            "opt": _optimizer(self.lr, self.optimizer).init(params),
+            "buffer": ReplayBuffer.create(self.capacity, x[0], y[0]),
+        }
+
+    def predict(self, state: dict, x: jax.Array) -> jax.Array:
+        """Model outputs ``[B, ...]``."""
+        return apply_model(self.model, state["params"], x)
+
+    def update(self, state: dict, batch: StreamBatch, key: jax.Array) -> tuple[dict, dict]:
+        """``steps`` updates on the batch plus replay, then reservoir insertion."""
+        opt = _optimizer(self.lr, self.optimizer)
+        k_add, k_replay = jax.random.split(key)
+        predict = lambda p, x: apply_model(self.model, p, x)  # noqa: E731
+
+        def step(carry, k):
+            params, opt_state = carry
+            rx, ry, mask = state["buffer"].sample(k, self.replay_batch)
+            loss_fn = lambda p: mixed_loss(self.objective, predict, p, batch.x, batch.y, rx, ry, mask)  # noqa: E731
+            (loss, metrics), g = jax.value_and_grad(loss_fn, has_aux=True)(params)
+            updates, opt_state = opt.update(g, opt_state, params)
+            return (optax.apply_updates(params, updates), opt_state), {**metrics, "loss": loss}
+
+        (params, opt_state), metrics = jax.lax.scan(
+            step, (state["params"], state["opt"]), jax.random.split(k_replay, self.steps)
+        )
+        buffer = state["buffer"].add(batch.x, batch.y, k_add)
+        return {"params": params, "opt": opt_state, "buffer": buffer}, jax.tree.map(lambda a: a[-1], metrics)
+
+
+@dataclasses.dataclass(frozen=True)
+class EWC:
+    """Online elastic weight consolidation (Kirkpatrick et al., 2017; online form of Schwarz et al., 2018).
+
+    While on a task, the learner accumulates the diagonal empirical Fisher (mean squared
+    per-example gradients of the objective). At each task switch (``batch.switched``) it
+    consolidates: ``F <- decay * F + F_task`` and the anchor becomes the current weights.
+    The loss adds ``strength / 2 * sum F (theta - anchor)^2``. ``decay = 1`` is EWC with
+    one penalty per past task summed.
+
+    Attributes:
+        model, lr, steps, optimizer, objective: as in :class:`Finetune`.
+        strength: ``lambda``, weight of the penalty.
+        decay: ``gamma`` of online EWC.
+    """
+
+    model: nn.Module
+    lr: float = 0.01
+    steps: int = 1
+    optimizer: optax.GradientTransformation | None = None
+    objective: Callable = losses.cross_entropy
+    strength: float = 100.0
+    decay: float = 1.0
+
+    def __post_init__(self):
+        check_positive("lr", self.lr)
+        check_positive("strength", self.strength)
+        check_positive_int("steps", self.steps)
+        if not 0.0 <= self.decay <= 1.0:
+            raise ValueError(f"decay must be in [0, 1], got {self.decay!r}.")
+
+    def init_state(self, key: jax.Array, x: jax.Array, y: jax.Array) -> dict:
+        """``{"params", "opt", "anchor", "fisher", "task_fisher", "task_batches"}``."""
+        del y
+        params = self.model.init(key, x)["params"]
+        zeros = jax.tree.map(jnp.zeros_like, params)
+        return {
+            "params": params,
+            "opt": _optimizer(self.lr, self.optimizer).init(params),
+            "anchor": params,
+            "fisher": zeros,
+            "task_fisher": zeros,
+            "task_batches": jnp.zeros((), jnp.float32),
+        }
+
+    def predict(self, state: dict, x: jax.Array) -> jax.Array:
+        """Model outputs ``[B, ...]``."""
+        return apply_model(self.model, state["params"], x)
+
+    def update(self, state: dict, batch: StreamBatch, key: jax.Array) -> tuple[dict, dict]:
+        """Consolidate on a switch, then ``steps`` penalised updates; accumulate this batch's Fisher."""
+        del key
+        opt = _optimizer(self.lr, self.optimizer)
+        # Consolidate the finished task's Fisher when a new segment starts (not before anything was learned).
+        done = batch.switched & (state["task_batches"] > 0)
+        task_f = jax.tree.map(lambda f: f / jnp.maximum(state["task_batches"], 1.0), state["task_fisher"])
+        fisher = jax.tree.map(lambda F, f: jnp.where(done, self.decay * F + f, F), state["fisher"], task_f)
+        anchor = jax.tree.map(lambda a, p: jnp.where(done, p, a), state["anchor"], state["params"])
+        task_fisher = jax.tree.map(lambda f: jnp.where(done, 0.0, f), state["task_fisher"])
+        task_batches = jnp.where(done, 0.0, state["task_batches"])
+
+        def loss_fn(p):
+            loss, metrics = self.objective(apply_model(self.model, p, batch.x), batch.y)
+            penalty = sum(
+                jnp.sum(F * jnp.square(q - a))
+                for F, q, a in zip(jax.tree.leaves(fisher), jax.tree.leaves(p), jax.tree.leaves(anchor), strict=True)
+            )
+            return loss + 0.5 * self.strength * penalty, (loss, metrics)
+
+        def step(carry, _):
+            params, opt_state = carry
+            (_, (loss, metrics)), g = jax.value_and_grad(loss_fn, has_aux=True)(params)
+            updates, opt_state = opt.update(g, opt_state, params)
+            return (optax.apply_updates(params, updates), opt_state), {**metrics, "loss": loss}
+
+        (params, opt_state), metrics = jax.lax.scan(step, (state["params"], state["opt"]), None, length=self.steps)
+
+        def example_grad(x, y):
+            return jax.grad(lambda p: self.objective(apply_model(self.model, p, x[None]), y[None])[0])(params)
+
+        sq = jax.tree.map(lambda g: jnp.mean(jnp.square(g), axis=0), jax.vmap(example_grad)(batch.x, batch.y))
+        new = {
+            "params": params,
+            "opt": opt_state,
+            "anchor": anchor,
+            "fisher": fisher,
+            "task_fisher": jax.tree.map(jnp.add, task_fisher, sq),
+            "task_batches": task_batches + 1.0,
+        }
+        return new, jax.tree.map(lambda a: a[-1], metrics)

@@ -1,0 +1,288 @@
+"""``metajax continual``: run continual learners on one stream, write ``OUT/metrics.json``.
+
+Wire into ``metajax.cli`` with ``continual_cli.add_parser(sub)`` when building the parser
+and ``continual_cli.run(args)`` for ``args.command == "continual"``.
+
+Streams: ``rotated-fmnist`` / ``permuted-fmnist`` (domain-incremental Fashion-MNIST,
+10 classes) and ``sine`` (OML's incremental sine waves, MSE). With ``--lifelong`` the
+tasks are served by an OSAKA-style schedule (``--p-stay``, ``--mixture seen new ood``);
+the OOD pool is the other Fashion-MNIST transformation. OML's representation is first
+meta-trained (``--meta-steps``) on tasks disjoint from the stream's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+LEARNERS = ("oml", "lamaml", "mer", "finetune", "replay", "ewc", "joint")
+STREAMS = ("rotated-fmnist", "permuted-fmnist", "sine")
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    """Register the ``continual`` subcommand on an ``argparse`` subparsers object."""
+    c = subparsers.add_parser("continual", help="continual learners on a task stream; write OUT/metrics.json")
+    c.add_argument(
+        "--learners", nargs="+", choices=LEARNERS, default=list(LEARNERS), help="learners to run (default: all)"
+    )
+    c.add_argument("--stream", choices=STREAMS, default="rotated-fmnist", help="task stream (default rotated-fmnist)")
+    c.add_argument("--tasks", type=int, default=5, help="in-distribution tasks T (default 5)")
+    c.add_argument("--train-per-task", type=int, default=200, help="training examples per task (default 200)")
+    c.add_argument("--test-per-task", type=int, default=200, help="test examples per task (default 200)")
+    c.add_argument("--batch-size", type=int, default=10, help="examples per stream step (default 10)")
+    c.add_argument("--hidden", type=int, default=100, help="units of each of the 2 hidden layers (default 100)")
+    c.add_argument("--lr", type=float, default=0.03, help="SGD step size of the learners (default 0.03)")
+    c.add_argument("--capacity", type=int, default=200, help="replay buffer slots (default 200)")
+    c.add_argument("--replay-batch", type=int, default=10, help="replayed examples per update (default 10)")
+    c.add_argument("--ewc-strength", type=float, default=100.0, help="EWC lambda (default 100)")
+    c.add_argument("--meta-steps", type=int, default=500, help="OML meta-training steps (default 500)")
+    c.add_argument("--lifelong", action="store_true", help="OSAKA-style lifelong stream instead of a task sequence")
+    c.add_argument("--stream-steps", type=int, default=300, help="lifelong stream length in steps (default 300)")
+    c.add_argument("--p-stay", type=float, default=0.9, help="probability to stay on the task (default 0.9)")
+    c.add_argument(
+        "--mixture",
+        type=float,
+        nargs=3,
+        default=[0.5, 0.5, 0.0],
+        metavar=("SEEN", "NEW", "OOD"),
+        help="weights of seen / new / OOD tasks on a switch (default 0.5 0.5 0)",
+    )
+    c.add_argument("--ood-tasks", type=int, default=2, help="OOD tasks in the lifelong pool (default 2)")
+    c.add_argument("--data-root", type=Path, default=None, help="dataset folder (default: $METAJAX_DATA)")
+    c.add_argument("--seed", type=int, default=0, help="PRNG seed (default 0)")
+    c.add_argument("--out", type=Path, required=True, help="output directory")
+    return c
+
+
+def _check(args) -> None:
+    for name in (
+        "tasks",
+        "train_per_task",
+        "test_per_task",
+        "batch_size",
+        "hidden",
+        "capacity",
+        "replay_batch",
+        "meta_steps",
+        "stream_steps",
+    ):
+        if getattr(args, name) <= 0:
+            raise SystemExit(
+                f"metajax continual: --{name.replace('_', '-')} must be a positive integer, got {getattr(args, name)}."
+            )
+    if args.train_per_task % args.batch_size:
+        raise SystemExit(
+            f"metajax continual: --batch-size {args.batch_size} must divide --train-per-task {args.train_per_task}."
+        )
+    for name in ("lr", "ewc_strength"):
+        if not getattr(args, name) > 0:
+            raise SystemExit(
+                f"metajax continual: --{name.replace('_', '-')} must be positive, got {getattr(args, name)}."
+            )
+    if not 0.0 <= args.p_stay <= 1.0:
+        raise SystemExit(f"metajax continual: --p-stay must be in [0, 1], got {args.p_stay}.")
+    if min(args.mixture) < 0 or sum(args.mixture) <= 0:
+        raise SystemExit(
+            f"metajax continual: --mixture needs non-negative weights with a positive sum, got {args.mixture}."
+        )
+
+
+def build_streams(args, key):
+    """``(sequence, ood_pool or None, meta_pool, kind)``: the stream's tasks, OOD tasks, OML's meta-training tasks."""
+    import jax
+    import numpy as np
+
+    from metajax.continual import streams
+
+    k_seq, k_ood, k_meta = jax.random.split(key, 3)
+    if args.stream == "sine":
+        seq = streams.incremental_sine(
+            k_seq,
+            num_functions=args.tasks,
+            train_per_function=args.train_per_task,
+            test_per_function=args.test_per_task,
+        )
+        return seq, None, None, "regression"
+    from metajax.datasets import load_fashion_mnist
+
+    data = load_fashion_mnist("train", root=args.data_root).images  # [10, 6000, 28, 28, 1]
+    images = data.reshape(-1, *data.shape[2:])
+    labels = np.repeat(np.arange(data.shape[0]), data.shape[1])
+    transform = "rotation" if args.stream == "rotated-fmnist" else "permutation"
+    other = "permutation" if transform == "rotation" else "rotation"
+    make = lambda k, t, n: flatten(
+        streams.domain_incremental(  # noqa: E731
+            k,
+            images,
+            labels,
+            num_tasks=n,
+            train_per_task=args.train_per_task,
+            test_per_task=args.test_per_task,
+            transform=t,
+        )
+    )
+    ood = make(k_ood, other, args.ood_tasks) if args.lifelong and args.ood_tasks > 0 else None
+    return make(k_seq, transform, args.tasks), ood, make(k_meta, transform, 20), "classification"
+
+
+def flatten(seq):
+    """Images ``[T, N, H, W, C]`` of a sequence as vectors ``[T, N, H*W*C]``."""
+    return seq.replace(
+        train_x=seq.train_x.reshape(*seq.train_x.shape[:2], -1), test_x=seq.test_x.reshape(*seq.test_x.shape[:2], -1)
+    )
+
+
+def build_learner(name: str, args, kind: str):
+    """The learner ``name`` with a 2-hidden-layer MLP (OML: the first layers as representation, a linear head)."""
+    from metajax import continual as C
+    from metajax import losses, models
+
+    out = 1 if kind == "regression" else 10
+    objective = losses.mse if kind == "regression" else losses.cross_entropy
+    net = models.MLP(hidden=(args.hidden, args.hidden), out=out)
+    common = dict(objective=objective)
+    if name == "oml":
+        return C.OML(
+            models.MLP(hidden=(args.hidden, args.hidden), out=None),
+            models.MLP(hidden=(), out=out),
+            inner_lr=args.lr,
+            objective=objective,
+            reset=False,
+        )
+    if name == "lamaml":
+        return C.LaMAML(
+            net, alpha_init=args.lr, alpha_lr=args.lr, capacity=args.capacity, replay_batch=args.replay_batch, **common
+        )
+    if name == "mer":
+        return C.MER(
+            net,
+            lr=args.lr,
+            beta=0.1,
+            gamma=1.0,
+            batches=2,
+            batch_size=args.replay_batch // 2 + 1,
+            capacity=args.capacity,
+            **common,
+        )
+    if name == "finetune":
+        return C.Finetune(net, lr=args.lr, **common)
+    if name == "replay":
+        return C.ExperienceReplay(net, lr=args.lr, capacity=args.capacity, replay_batch=args.replay_batch, **common)
+    if name == "ewc":
+        return C.EWC(net, lr=args.lr, strength=args.ewc_strength, **common)
+    return C.Joint(net, lr=args.lr, **common)
+
+
+def meta_train_oml(learner, meta_pool, args, key):
+    """OML's parameters meta-trained on trajectories over ``meta_pool``'s tasks."""
+    import optax
+
+    from metajax import continual as C
+    from metajax.training import train
+
+    shots = max(args.batch_size, 10)
+    task = C.Trajectories(
+        meta_pool.train_x, meta_pool.train_y, tasks=2, shots=shots, remember=2 * shots, kind="classification"
+    )
+    state, history = train(
+        learner,
+        task,
+        optax.adam(1e-3),
+        key=key,
+        num_steps=args.meta_steps,
+        meta_batch=1,
+        steps_per_call=50,
+        log_every=max(args.meta_steps // 2, 50),
+        progress=False,
+    )
+    return state.params, history
+
+
+def run(args: argparse.Namespace) -> dict:
+    """Run ``metajax continual``; returns what it writes to ``OUT/metrics.json``."""
+    _check(args)
+    import jax
+    import numpy as np
+
+    from metajax import continual as C
+    from metajax.cli import machine
+
+    key = jax.random.key(args.seed)
+    k_data, k_sched, k_meta, k_run = jax.random.split(key, 4)
+    seq, ood, meta_pool, kind = build_streams(args, k_data)
+    metric = "mse" if kind == "regression" else "accuracy"
+    args.out.mkdir(parents=True, exist_ok=True)
+    schedule = None
+    if args.lifelong:
+        pool = seq if ood is None else seq.concatenate(ood)
+        stream = C.LifelongStream(args.p_stay, tuple(args.mixture))
+        schedule = stream.schedule(
+            k_sched, args.stream_steps, num_tasks=args.tasks, num_ood=pool.num_tasks - args.tasks
+        )
+    results = {}
+    for name in args.learners:
+        learner = build_learner(name, args, kind)
+        t0 = time.perf_counter()
+        state, extra = None, {}
+        if name == "oml":
+            if meta_pool is None:
+                raise SystemExit(
+                    "metajax continual: --learners oml needs a Fashion-MNIST stream (meta-training tasks)."
+                )
+            state, history = meta_train_oml(learner, meta_pool, args, k_meta)
+            extra["meta_train"] = {"steps": args.meta_steps, "last": history[-1]}
+        if args.lifelong:
+            out = C.run_lifelong(
+                learner,
+                pool,
+                schedule,
+                num_tasks=args.tasks,
+                key=k_run,
+                batch_size=args.batch_size,
+                state=state,
+                metric=metric,
+            )
+            extra["online_by_source"] = out["online_by_source"]
+            extra["introduced"] = out["introduced"]
+        else:
+            out = C.run_sequence(learner, seq, key=k_run, batch_size=args.batch_size, state=state, metric=metric)
+        R = out["R"]
+        if kind == "classification":
+            C.plot_accuracy_matrix(R, args.out / f"R_{name}.png", title=name)
+        results[name] = {
+            **{k: (None if v is None else float(v)) for k, v in out["summary"].items()},
+            "online_accuracy" if metric == "accuracy" else "online_mse": float(out["online_cumulative"][-1]),
+            "R": [[float(v) if np.isfinite(v) else None for v in row] for row in R],
+            "seconds": time.perf_counter() - t0,
+            **extra,
+        }
+    config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k not in ("func",)}
+    result = {"config": config, "machine": machine(), "metric": metric, "learners": results}
+    if schedule is not None:
+        sw = np.asarray(schedule.switched)
+        result["schedule"] = {
+            "steps": int(sw.size),
+            "switches": int(sw[1:].sum()),
+            "source_counts": np.bincount(np.asarray(schedule.source)[sw], minlength=3).tolist(),
+        }
+    _write_json_atomic(args.out / "metrics.json", result)
+    return result
+
+
+def table(result: dict) -> str:
+    """A plain-text table of the learners' metrics."""
+    cols = ("acc", "bwt", "fwt", "forgetting", "learning_accuracy", "online_accuracy")
+    fmt = lambda v: "   n/a" if v is None else f"{v:6.3f}"  # noqa: E731
+    lines = [f"{'learner':10s} " + " ".join(f"{c[:8]:>8s}" for c in cols)]
+    for name, r in result["learners"].items():
+        lines.append(f"{name:10s} " + " ".join(f"{fmt(r.get(c)):>8s}" for c in cols))
+    return "\n".join(lines)
+
+
+def _write_json_atomic(path: Path, obj: dict) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2))
+    os.replace(tmp, path)

@@ -1,0 +1,106 @@
+"""``metajax continual`` writes metrics.json; the Fashion-MNIST loader checks its files."""
+
+import argparse
+import json
+from pathlib import Path
+
+import pytest
+
+from metajax.continual import cli as continual_cli
+from metajax.datasets import load_fashion_mnist
+
+
+def _parse(argv):
+    parser = argparse.ArgumentParser(prog="metajax")
+    continual_cli.add_parser(parser.add_subparsers(dest="command"))
+    return parser.parse_args(["continual", *argv])
+
+
+def test_continual_writes_metrics_on_sine(tmp_path):
+    args = _parse(
+        [
+            "--stream",
+            "sine",
+            "--learners",
+            "finetune",
+            "replay",
+            "--tasks",
+            "3",
+            "--train-per-task",
+            "8",
+            "--test-per-task",
+            "8",
+            "--batch-size",
+            "4",
+            "--lr",
+            "0.01",
+            "--out",
+            str(tmp_path),
+        ]
+    )
+    result = continual_cli.run(args)
+    written = json.loads((tmp_path / "metrics.json").read_text())
+    assert written["metric"] == "mse" and set(written["learners"]) == {"finetune", "replay"}
+    assert len(written["learners"]["replay"]["R"]) == 4 and "online_mse" in written["learners"]["finetune"]
+    assert result["machine"]["backend"] == "cpu"
+    assert "finetune" in continual_cli.table(result)
+
+
+def test_bad_values_are_named(tmp_path):
+    with pytest.raises(SystemExit, match="--batch-size 7 must divide --train-per-task 200"):
+        continual_cli.run(_parse(["--batch-size", "7", "--out", str(tmp_path)]))
+    with pytest.raises(SystemExit, match=r"--p-stay must be in \[0, 1\], got 2.0"):
+        continual_cli.run(_parse(["--p-stay", "2", "--out", str(tmp_path)]))
+
+
+def _fashion_root(data_root: Path) -> Path:
+    if not (data_root / "fashion-mnist" / "t10k-labels-idx1-ubyte.gz").is_file():
+        pytest.skip(f"Fashion-MNIST not found under {data_root}")
+    return data_root
+
+
+def test_fashion_mnist_is_class_major(data_root):
+    data = load_fashion_mnist("test", root=_fashion_root(data_root))
+    assert data.images.shape == (10, 1000, 28, 28, 1) and data.images.dtype == "uint8"
+    assert data.names[0] == "T-shirt/top"
+
+
+def test_fashion_mnist_missing_file_says_where(tmp_path):
+    with pytest.raises(FileNotFoundError, match="t10k-images-idx3-ubyte.gz not found in .*zalandoresearch"):
+        load_fashion_mnist("test", root=tmp_path)
+
+
+def test_lifelong_on_fashion_mnist(tmp_path, data_root):
+    args = _parse(
+        [
+            "--lifelong",
+            "--learners",
+            "oml",
+            "ewc",
+            "--tasks",
+            "2",
+            "--train-per-task",
+            "20",
+            "--test-per-task",
+            "20",
+            "--stream-steps",
+            "12",
+            "--meta-steps",
+            "2",
+            "--hidden",
+            "8",
+            "--mixture",
+            "0.4",
+            "0.4",
+            "0.2",
+            "--ood-tasks",
+            "1",
+            "--data-root",
+            str(_fashion_root(data_root)),
+            "--out",
+            str(tmp_path),
+        ]
+    )
+    result = continual_cli.run(args)
+    assert result["schedule"]["steps"] == 12 and (tmp_path / "R_ewc.png").is_file()
+    assert 0.0 <= result["learners"]["oml"]["online_accuracy"] <= 1.0
