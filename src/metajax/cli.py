@@ -28,7 +28,10 @@ DEFAULT_FILTERS = {"omniglot": 64, "miniimagenet": 32}
 def build_parser() -> argparse.ArgumentParser:
     """The ``metajax`` argument parser."""
     parser = argparse.ArgumentParser(prog="metajax", description="Meta-learning in JAX.")
+    from metajax.continual import cli as continual_cli
+
     sub = parser.add_subparsers(dest="command", required=True)
+    continual_cli.add_parser(sub)
     t = sub.add_parser("train", help="meta-train, evaluate on new tasks, write OUT/metrics.json")
     t.add_argument("--algo", choices=ALGORITHMS, default="maml", help="learner (default: maml)")
     t.add_argument("--task", choices=TASKS, default="sinusoid", help="task distribution (default: sinusoid)")
@@ -44,6 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--meta-lr", type=float, default=1e-3, help="Adam step size of the outer loop (default 1e-3)")
     t.add_argument("--lr-decay-every", type=int, default=None, help="halve the meta step size every N steps")
     t.add_argument("--steps", type=int, default=70000, help="meta-steps (default 70000)")
+    t.add_argument("--time-limit", type=float, default=None, help="stop meta-training after this many minutes")
     t.add_argument("--seed", type=int, default=0, help="PRNG seed (default 0)")
     t.add_argument("--out", type=Path, required=True, help="output directory")
     t.add_argument("--eval-tasks", type=int, default=600, help="new tasks at meta-test (default 600)")
@@ -53,6 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--steps-per-call", type=int, default=None, help="meta-steps per dispatch (default: 100 for sinusoid)")
     t.add_argument("--log-every", type=int, default=1000, help="meta-steps per logged training entry (default 1000)")
     t.add_argument("--task-batching", choices=("vmap", "map"), default=None, help="how tasks are batched (default: per backend)")
+    t.add_argument("--checkpoint-every", type=int, default=None,
+                   help="meta-steps between checkpoints in OUT/checkpoints (0: none; default 10000 sinusoid, 500 images)")
+    t.add_argument("--resume", type=Path, default=None, help="continue the run whose --out was DIR from its newest checkpoint")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
 
@@ -119,6 +126,12 @@ def _check_args(args: argparse.Namespace) -> None:
         raise SystemExit(f"metajax train: --eval-tasks must be at least 2, got {args.eval_tasks}.")
     if args.eval_steps is not None and args.eval_steps < 0:
         raise SystemExit(f"metajax train: --eval-steps must be non-negative, got {args.eval_steps}.")
+    if args.checkpoint_every is not None and args.checkpoint_every < 0:
+        raise SystemExit(f"metajax train: --checkpoint-every must be non-negative, got {args.checkpoint_every}.")
+    if args.resume is not None and not (args.resume / "checkpoints").is_dir():
+        raise SystemExit(f"metajax train: --resume {args.resume} holds no checkpoints/ folder; pass the --out of an earlier run.")
+    if args.time_limit is not None and not args.time_limit > 0:
+        raise SystemExit(f"metajax train: --time-limit must be positive (minutes), got {args.time_limit}.")
     for name in ("inner_lr", "meta_lr", "imaml_prox"):
         value = getattr(args, name)
         if not value > 0:
@@ -150,7 +163,7 @@ def train_command(args: argparse.Namespace) -> dict:
     import optax
 
     from metajax.evaluation import evaluate
-    from metajax.training import default_task_batching, train
+    from metajax.training import default_task_batching, init_state, train
 
     train_task, test_task = build_tasks(args)
     learner = build_learner(args, getattr(train_task, "ways", None))
@@ -162,20 +175,40 @@ def train_command(args: argparse.Namespace) -> dict:
     meta_lr = args.meta_lr
     if args.lr_decay_every:
         meta_lr = optax.exponential_decay(args.meta_lr, args.lr_decay_every, 0.5, staircase=True)
+    optimizer = optax.adam(meta_lr)
     args.out.mkdir(parents=True, exist_ok=True)
     k_train, k_eval = jax.random.split(jax.random.key(args.seed))
-    t0 = time.perf_counter()
+    config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+    config.update(steps_per_call=steps_per_call, eval_steps=eval_steps, task_batching=task_batching)
+    state, log = init_state(learner, train_task, optimizer, k_train), []
+    if args.resume is not None:
+        state, log = _resume(args.resume, state)
+    checkpoint_every = args.checkpoint_every
+    if checkpoint_every is None:
+        checkpoint_every = 10000 if args.task == "sinusoid" else 500
+    checkpointer = None
+    if checkpoint_every:
+        from metajax.checkpoint import Checkpointer
+
+        checkpointer = Checkpointer(args.out / "checkpoints", every=checkpoint_every)
+    log_file = _JsonLines(args.out / "log.jsonl", log)
+    start_step, t0 = int(state.step), time.perf_counter()
     state, history = train(
         learner,
         train_task,
-        optax.adam(meta_lr),
+        optimizer,
         key=k_train,
+        state=state,
+        checkpointer=checkpointer,
+        checkpoint_record=config,
+        on_log=lambda _, entry: log_file.append(entry),
         num_steps=args.steps,
         meta_batch=args.meta_batch,
         steps_per_call=steps_per_call,
         log_every=args.log_every,
         task_batching=task_batching,
         progress=not args.no_progress,
+        max_seconds=None if args.time_limit is None else 60 * args.time_limit,
     )
     train_seconds = time.perf_counter() - t0
     eval_summary = evaluate(
@@ -187,14 +220,14 @@ def train_command(args: argparse.Namespace) -> dict:
         num_steps=eval_steps,
         task_batching=task_batching,
     )
-    config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
-    config.update(steps_per_call=steps_per_call, eval_steps=eval_steps, task_batching=task_batching)
+    history = log + history
     result = {
         "config": config,
         "machine": machine(),
         "train": {
+            "steps": int(state.step),
             "seconds": train_seconds,
-            "tasks_per_s": args.steps * args.meta_batch / train_seconds,
+            "tasks_per_s": (int(state.step) - start_step) * args.meta_batch / train_seconds,
             "loss_first": history[0]["loss"],
             "loss_last": history[-1]["loss"],
             "curve": history,
@@ -203,6 +236,36 @@ def train_command(args: argparse.Namespace) -> dict:
     }
     _write_json_atomic(args.out / "metrics.json", result)
     return result
+
+
+def _resume(run_dir: Path, like):
+    """The newest readable checkpoint of ``run_dir`` and the log entries up to its step."""
+    from metajax.checkpoint import Checkpointer
+
+    checkpointer = Checkpointer(run_dir / "checkpoints", every=1)
+    try:
+        state, _ = checkpointer.restore(like)
+    except (FileNotFoundError, ValueError) as error:
+        raise SystemExit(f"metajax train: cannot resume from {run_dir}: {error}") from error
+    finally:
+        checkpointer.close()
+    log_path = run_dir / "log.jsonl"
+    entries = [json.loads(line) for line in log_path.read_text().splitlines()] if log_path.is_file() else []
+    return state, [e for e in entries if e["step"] <= int(state.step)]
+
+
+class _JsonLines:
+    """``log.jsonl``: one JSON object per logged interval, starting from ``entries`` (a resumed run's)."""
+
+    def __init__(self, path: Path, entries: list[dict]):
+        self.path = path
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text("".join(json.dumps(e) + "\n" for e in entries))
+        os.replace(tmp, path)
+
+    def append(self, entry: dict) -> None:
+        with self.path.open("a") as f:
+            f.write(json.dumps(entry) + "\n")
 
 
 def _write_json_atomic(path: Path, obj: dict) -> None:
@@ -228,7 +291,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "train":
         result = train_command(args)
         print(_summary_line(result))
-        print(f"wrote {args.out / 'metrics.json'}")
+    elif args.command == "continual":
+        from metajax.continual import cli as continual_cli
+
+        print(continual_cli.table(continual_cli.run(args)))
+    print(f"wrote {args.out / 'metrics.json'}")
     return 0
 
 
