@@ -97,7 +97,9 @@ def main(argv: list[str] | None = None) -> int:
     """Run the chosen protocols and print one JSON line each."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--protocol", default="protonet-omniglot-5w1s", help=f"one of {sorted(PROTOCOLS)}, or all")
-    parser.add_argument("--budget", choices=("paper", "reduced"), default="reduced", help="meta-steps (default reduced)")
+    parser.add_argument(
+        "--budget", choices=("paper", "reduced"), default="reduced", help="meta-steps (default reduced)"
+    )
     parser.add_argument("--steps", type=int, default=None, help="meta-steps, overriding --budget")
     parser.add_argument("--time-limit", type=float, default=None, help="minutes of meta-training per protocol")
     parser.add_argument("--data-root", type=Path, default=None, help="dataset folder (default: $METAJAX_DATA)")

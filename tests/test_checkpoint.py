@@ -17,8 +17,28 @@ import metajax
 from metajax import cli, models, tasks
 from metajax.checkpoint import Checkpointer, CheckpointMismatchError
 
-RUN = ["train", "--algo", "maml", "--shots", "5", "--meta-batch", "5", "--steps", "2000", "--steps-per-call", "50",
-       "--checkpoint-every", "100", "--log-every", "100", "--eval-tasks", "2", "--eval-steps", "1", "--no-progress"]
+RUN = [
+    "train",
+    "--algo",
+    "maml",
+    "--shots",
+    "5",
+    "--meta-batch",
+    "5",
+    "--steps",
+    "2000",
+    "--steps-per-call",
+    "50",
+    "--checkpoint-every",
+    "100",
+    "--log-every",
+    "100",
+    "--eval-tasks",
+    "2",
+    "--eval-steps",
+    "1",
+    "--no-progress",
+]
 
 
 def _state(hidden=8, step=0):

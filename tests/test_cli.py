@@ -11,8 +11,28 @@ from metajax import cli
 def test_train_writes_metrics(tmp_path, algo):
     out = tmp_path / algo
     code = cli.main(
-        ["train", "--algo", algo, "--shots", "5", "--meta-batch", "4", "--steps", "20", "--steps-per-call", "10",
-         "--log-every", "10", "--eval-tasks", "20", "--eval-steps", "3", "--out", str(out), "--no-progress"]
+        [
+            "train",
+            "--algo",
+            algo,
+            "--shots",
+            "5",
+            "--meta-batch",
+            "4",
+            "--steps",
+            "20",
+            "--steps-per-call",
+            "10",
+            "--log-every",
+            "10",
+            "--eval-tasks",
+            "20",
+            "--eval-steps",
+            "3",
+            "--out",
+            str(out),
+            "--no-progress",
+        ]
     )
     assert code == 0
     metrics = json.loads((out / "metrics.json").read_text())
@@ -27,9 +47,38 @@ def test_train_writes_metrics(tmp_path, algo):
 def test_omniglot_train_writes_accuracy(tmp_path, monkeypatch, data_root, omniglot_cache, algo):
     monkeypatch.setenv("METAJAX_CACHE", str(omniglot_cache))
     out = tmp_path / algo
-    argv = ["train", "--algo", algo, "--task", "omniglot", "--data-root", str(data_root), "--ways", "3",
-            "--train-ways", "4", "--shots", "1", "--query", "2", "--filters", "4", "--meta-batch", "2", "--steps", "2",
-            "--log-every", "1", "--eval-tasks", "4", "--eval-steps", "1", "--out", str(out), "--no-progress"]
+    argv = [
+        "train",
+        "--algo",
+        algo,
+        "--task",
+        "omniglot",
+        "--data-root",
+        str(data_root),
+        "--ways",
+        "3",
+        "--train-ways",
+        "4",
+        "--shots",
+        "1",
+        "--query",
+        "2",
+        "--filters",
+        "4",
+        "--meta-batch",
+        "2",
+        "--steps",
+        "2",
+        "--log-every",
+        "1",
+        "--eval-tasks",
+        "4",
+        "--eval-steps",
+        "1",
+        "--out",
+        str(out),
+        "--no-progress",
+    ]
     assert cli.main(argv) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     accuracy = metrics["eval"]["accuracy"]["mean"]

@@ -6,10 +6,10 @@ import jax
 import numpy as np
 import optax
 import pytest
-from helpers import one_task, regression_learners
 
 import metajax
-from metajax import tasks
+from helpers import one_task, regression_learners
+from metajax import models, tasks
 
 LEARNERS = regression_learners()
 TASK = tasks.Sinusoid(shots=5, queries=7)
@@ -75,11 +75,35 @@ def test_meta_step_does_not_retrace(learner):
 def test_same_seed_same_result(learner):
     def run():
         state, history = metajax.train(
-            learner, TASK, optax.adam(1e-3), key=jax.random.key(7), num_steps=6, meta_batch=4,
-            steps_per_call=3, log_every=3, progress=False,
+            learner,
+            TASK,
+            optax.adam(1e-3),
+            key=jax.random.key(7),
+            num_steps=6,
+            meta_batch=4,
+            steps_per_call=3,
+            log_every=3,
+            progress=False,
         )
         return state.params, [h["loss"] for h in history]
 
     (p1, h1), (p2, h2) = run(), run()
     jax.tree.map(np.testing.assert_array_equal, p1, p2)
     assert h1 == h2
+
+
+_BAD_CONFIGURATIONS = [
+    (dict(inner_steps=0), ValueError, "inner_steps must be a positive integer, got 0"),
+    (dict(inner_lr=-0.1), ValueError, "inner_lr must be a positive number, got -0.1"),
+    (dict(meta_gradient="second"), TypeError, "meta_gradient must be one of .*; got 'second'"),
+]
+
+
+@pytest.mark.parametrize(
+    ("cls", "kwargs", "error", "message"),
+    [(cls, *bad) for cls in (metajax.MAML, metajax.MetaSGD) for bad in _BAD_CONFIGURATIONS]
+    + [(metajax.Reptile, *bad) for bad in _BAD_CONFIGURATIONS[:2]],  # Reptile takes no meta_gradient
+)
+def test_bad_learner_configuration_is_named(cls, kwargs, error, message):
+    with pytest.raises(error, match=message):
+        cls(models.MLP(hidden=(4,), out=1), **kwargs)

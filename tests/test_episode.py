@@ -13,7 +13,10 @@ def _ep(s=(5, 1), q=(7, 1), sy=None, qy=None, dtype=jnp.float32):
 def test_valid_episodes_pass():
     validate_episode(_ep(), batched=False)
     validate_episode(_ep((3, 5, 1), (3, 7, 1)), batched=True)
-    validate_episode(Episode(jnp.zeros((4, 8, 8, 1)), jnp.zeros(4, jnp.int32), jnp.zeros((6, 8, 8, 1)), jnp.zeros(6, jnp.int32)), batched=False)
+    validate_episode(
+        Episode(jnp.zeros((4, 8, 8, 1)), jnp.zeros(4, jnp.int32), jnp.zeros((6, 8, 8, 1)), jnp.zeros(6, jnp.int32)),
+        batched=False,
+    )
 
 
 @pytest.mark.parametrize(

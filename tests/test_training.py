@@ -15,8 +15,15 @@ def _maml():
 
 def test_training_lowers_the_sinusoid_loss():
     state, history = metajax.train(
-        _maml(), tasks.Sinusoid(shots=10), optax.adam(1e-3), key=jax.random.key(0), num_steps=600,
-        meta_batch=10, steps_per_call=50, log_every=100, progress=False,
+        _maml(),
+        tasks.Sinusoid(shots=10),
+        optax.adam(1e-3),
+        key=jax.random.key(0),
+        num_steps=600,
+        meta_batch=10,
+        steps_per_call=50,
+        log_every=100,
+        progress=False,
     )
     assert int(state.step) == 600 and [h["step"] for h in history] == [100, 200, 300, 400, 500, 600]
     assert history[-1]["loss"] < 0.7 * history[0]["loss"]
@@ -41,8 +48,9 @@ def test_continuing_from_a_state_equals_one_run():
 
 def test_time_budget_stops_early_and_logs_the_last_step():
     common = dict(key=jax.random.key(4), meta_batch=2, log_every=1000, progress=False, steps_per_call=1)
-    state, history = metajax.train(_maml(), tasks.Sinusoid(shots=5), optax.adam(1e-3), num_steps=10**6,
-                                   max_seconds=1e-9, **common)
+    state, history = metajax.train(
+        _maml(), tasks.Sinusoid(shots=5), optax.adam(1e-3), num_steps=10**6, max_seconds=1e-9, **common
+    )
     assert int(state.step) == 1 and [e["step"] for e in history] == [1]
     with pytest.raises(ValueError, match="max_seconds must be positive or None, got 0"):
         metajax.train(_maml(), tasks.Sinusoid(shots=5), optax.adam(1e-3), num_steps=2, max_seconds=0, **common)
@@ -59,8 +67,14 @@ def test_non_finite_loss_names_the_step():
     nan_optimizer = optax.scale(float("nan"))  # params become NaN after the first update
     with pytest.raises(FloatingPointError, match="meta-step 2"):
         metajax.train(
-            _maml(), tasks.Sinusoid(shots=5), nan_optimizer, key=jax.random.key(0), num_steps=4, meta_batch=2,
-            steps_per_call=4, progress=False,
+            _maml(),
+            tasks.Sinusoid(shots=5),
+            nan_optimizer,
+            key=jax.random.key(0),
+            num_steps=4,
+            meta_batch=2,
+            steps_per_call=4,
+            progress=False,
         )
 
 

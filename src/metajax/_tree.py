@@ -19,11 +19,11 @@ def partition(obj: Any) -> tuple[list, Callable[[list], Any]]:
     """
     leaves, treedef = jax.tree.flatten(obj)
     is_array = [isinstance(x, jax.Array | np.ndarray) for x in leaves]
-    arrays = [x for x, a in zip(leaves, is_array) if a]
-    static = [None if a else x for x, a in zip(leaves, is_array)]
+    arrays = [x for x, a in zip(leaves, is_array, strict=True) if a]
+    static = [None if a else x for x, a in zip(leaves, is_array, strict=True)]
 
     def combine(new_arrays: list) -> Any:
         it = iter(new_arrays)
-        return jax.tree.unflatten(treedef, [next(it) if a else s for a, s in zip(is_array, static)])
+        return jax.tree.unflatten(treedef, [next(it) if a else s for a, s in zip(is_array, static, strict=True)])
 
     return arrays, combine

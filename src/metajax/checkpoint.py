@@ -102,8 +102,11 @@ class Checkpointer:
             except Exception as error:  # noqa: BLE001 - any read failure means try the older one
                 errors.append(f"step {s}: {type(error).__name__}: {error}")
                 if step is None:
-                    warnings.warn(f"Checkpoint {self.directory / str(s)} could not be read ({error}); trying an older one.",
-                                  RuntimeWarning, stacklevel=2)
+                    warnings.warn(
+                        f"Checkpoint {self.directory / str(s)} could not be read ({error}); trying an older one.",
+                        RuntimeWarning,
+                        stacklevel=2,
+                    )
                 continue
             return state, record
         raise RuntimeError(f"No checkpoint in {self.directory} could be read:\n" + "\n".join(errors))

@@ -36,11 +36,18 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--algo", choices=ALGORITHMS, default="maml", help="learner (default: maml)")
     t.add_argument("--task", choices=TASKS, default="sinusoid", help="task distribution (default: sinusoid)")
     t.add_argument("--shots", type=int, default=10, help="support examples per task or class (default 10)")
-    t.add_argument("--query", type=int, default=None, help="query examples per task (sinusoid, default: --shots) or per class (default 15)")
+    t.add_argument(
+        "--query",
+        type=int,
+        default=None,
+        help="query examples per task (sinusoid, default: --shots) or per class (default 15)",
+    )
     t.add_argument("--ways", type=int, default=5, help="classes per test episode (classification; default 5)")
     t.add_argument("--train-ways", type=int, default=None, help="classes per training episode (default: --ways)")
     t.add_argument("--data-root", type=Path, default=None, help="dataset folder (default: $METAJAX_DATA)")
-    t.add_argument("--filters", type=int, default=None, help="Conv4 filters (default: 64 Omniglot, 32 miniImageNet MAML)")
+    t.add_argument(
+        "--filters", type=int, default=None, help="Conv4 filters (default: 64 Omniglot, 32 miniImageNet MAML)"
+    )
     t.add_argument("--meta-batch", type=int, default=25, help="tasks per meta-step (default 25)")
     t.add_argument("--inner-steps", type=int, default=1, help="inner steps during meta-training (default 1)")
     t.add_argument("--inner-lr", type=float, default=0.01, help="inner SGD step size (default 0.01)")
@@ -54,12 +61,22 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--eval-steps", type=int, default=None, help="inner steps at meta-test (default 10; 3 on Omniglot)")
     t.add_argument("--imaml-prox", type=float, default=1.0, help="iMAML proximal strength lambda (default 1.0)")
     t.add_argument("--imaml-cg-steps", type=int, default=5, help="iMAML conjugate-gradient steps (default 5)")
-    t.add_argument("--steps-per-call", type=int, default=None, help="meta-steps per dispatch (default: 100 for sinusoid)")
+    t.add_argument(
+        "--steps-per-call", type=int, default=None, help="meta-steps per dispatch (default: 100 for sinusoid)"
+    )
     t.add_argument("--log-every", type=int, default=1000, help="meta-steps per logged training entry (default 1000)")
-    t.add_argument("--task-batching", choices=("vmap", "map"), default=None, help="how tasks are batched (default: per backend)")
-    t.add_argument("--checkpoint-every", type=int, default=None,
-                   help="meta-steps between checkpoints in OUT/checkpoints (0: none; default 10000 sinusoid, 500 images)")
-    t.add_argument("--resume", type=Path, default=None, help="continue the run whose --out was DIR from its newest checkpoint")
+    t.add_argument(
+        "--task-batching", choices=("vmap", "map"), default=None, help="how tasks are batched (default: per backend)"
+    )
+    t.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=None,
+        help="meta-steps between checkpoints in OUT/checkpoints (0: none; default 10000 sinusoid, 500 images)",
+    )
+    t.add_argument(
+        "--resume", type=Path, default=None, help="continue the run whose --out was DIR from its newest checkpoint"
+    )
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
 
@@ -129,7 +146,9 @@ def _check_args(args: argparse.Namespace) -> None:
     if args.checkpoint_every is not None and args.checkpoint_every < 0:
         raise SystemExit(f"metajax train: --checkpoint-every must be non-negative, got {args.checkpoint_every}.")
     if args.resume is not None and not (args.resume / "checkpoints").is_dir():
-        raise SystemExit(f"metajax train: --resume {args.resume} holds no checkpoints/ folder; pass the --out of an earlier run.")
+        raise SystemExit(
+            f"metajax train: --resume {args.resume} holds no checkpoints/ folder; pass the --out of an earlier run."
+        )
     if args.time_limit is not None and not args.time_limit > 0:
         raise SystemExit(f"metajax train: --time-limit must be positive (minutes), got {args.time_limit}.")
     for name in ("inner_lr", "meta_lr", "imaml_prox"):

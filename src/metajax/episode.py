@@ -81,8 +81,8 @@ def validate_episode(episode: Episode, *, batched: bool, name: str = "episode") 
     if arrays["support_x"].shape[lead + 1 :] != arrays["query_x"].shape[lead + 1 :]:
         raise ValueError(
             f"{name}: support_x and query_x must share feature shape, got "
-            f"{tuple(arrays['support_x'].shape[lead + 1:])} and "
-            f"{tuple(arrays['query_x'].shape[lead + 1:])}."
+            f"{tuple(arrays['support_x'].shape[lead + 1 :])} and "
+            f"{tuple(arrays['query_x'].shape[lead + 1 :])}."
         )
     if arrays["support_y"].dtype != arrays["query_y"].dtype:
         raise TypeError(

@@ -89,4 +89,3 @@ def confidence_interval(values: Any) -> tuple[np.ndarray, np.ndarray]:
     if values.shape[0] < 2:
         raise ValueError(f"confidence_interval needs at least 2 samples, got {values.shape[0]}.")
     return values.mean(0), 1.96 * values.std(0, ddof=1) / math.sqrt(values.shape[0])
-

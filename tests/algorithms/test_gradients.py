@@ -6,9 +6,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from helpers import one_task, regression_learners
 
 import metajax
+from helpers import one_task, regression_learners
 from metajax import models, tasks
 
 

@@ -35,7 +35,11 @@ def test_deterministic_for_a_key_and_different_for_another():
 
 @pytest.mark.parametrize(
     ("kwargs", "message"),
-    [({"shots": 0}, "shots must be a positive integer, got 0"), ({"queries": -2}, "queries"), ({"amplitude": (5, 1)}, "amplitude")],
+    [
+        ({"shots": 0}, "shots must be a positive integer, got 0"),
+        ({"queries": -2}, "queries"),
+        ({"amplitude": (5, 1)}, "amplitude"),
+    ],
 )
 def test_bad_configuration(kwargs, message):
     with pytest.raises(ValueError, match=message):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from typing import Any
 
 import flax.linen as nn
 import jax
@@ -67,7 +66,9 @@ class ANIL:
         """Body features ``[examples, ...]`` of inputs ``x``."""
         return self.body.apply({"params": params["body"]}, x)
 
-    def adapt(self, params: dict, support: tuple[jax.Array, jax.Array], key: jax.Array, num_steps: int | None = None) -> dict:
+    def adapt(
+        self, params: dict, support: tuple[jax.Array, jax.Array], key: jax.Array, num_steps: int | None = None
+    ) -> dict:
         """``{"body": unchanged, "head": adapted}`` after ``num_steps`` updates of the head."""
         del key
         return {"body": params["body"], "head": self._inner(params, support, num_steps)[0]}

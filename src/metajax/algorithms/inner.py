@@ -114,7 +114,9 @@ def inner_loop(
         return jax.tree.map(lambda gi, p, t: gi + meta_gradient.prox * (p - t), g, phi, theta)
 
     phi, tracked = _descend(proximal_grad, theta, optimizer, num_steps, True, track, remat)
-    phi = _implicit_solution(loss_fn, meta_gradient.prox, meta_gradient.cg_steps, params, jax.lax.stop_gradient(phi), data)
+    phi = _implicit_solution(
+        loss_fn, meta_gradient.prox, meta_gradient.cg_steps, params, jax.lax.stop_gradient(phi), data
+    )
     return phi, tracked
 
 
@@ -157,7 +159,7 @@ def conjugate_gradient(matvec: Callable[[Params], Params], rhs: Params, steps: i
     """
 
     def dot(a, b):
-        return sum(jnp.vdot(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+        return sum(jnp.vdot(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True))
 
     def axpy(alpha, x, y):
         return jax.tree.map(lambda u, v: alpha * u + v, x, y)

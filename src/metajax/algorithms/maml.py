@@ -74,7 +74,9 @@ class MAML:
         """Model outputs for inputs ``x`` (``[examples, ...]``)."""
         return self.model.apply({"params": params}, x)
 
-    def adapt(self, params: Any, support: tuple[jax.Array, jax.Array], key: jax.Array, num_steps: int | None = None) -> Any:
+    def adapt(
+        self, params: Any, support: tuple[jax.Array, jax.Array], key: jax.Array, num_steps: int | None = None
+    ) -> Any:
         """Adapted weights after ``num_steps`` (default ``inner_steps``) updates on ``support = (x, y)``."""
         del key
         return self._inner(params, support, num_steps)[0]
@@ -92,4 +94,6 @@ class MAML:
     def _inner(self, params, support, num_steps, query=None):
         optimizer = sgd_or(self.inner_optimizer, self.inner_lr)
         steps = self.inner_steps if num_steps is None else num_steps
-        return fit_supervised(self.predict, self.objective, params, support, optimizer, steps, self.meta_gradient, query, self.remat)
+        return fit_supervised(
+            self.predict, self.objective, params, support, optimizer, steps, self.meta_gradient, query, self.remat
+        )

@@ -68,7 +68,9 @@ class MetaSGD:
         """Outputs of the model with (adapted) ``weights``, i.e. ``params["model"]`` or ``adapt(...)``."""
         return self.model.apply({"params": weights}, x)
 
-    def adapt(self, params: dict, support: tuple[jax.Array, jax.Array], key: jax.Array, num_steps: int | None = None) -> Any:
+    def adapt(
+        self, params: dict, support: tuple[jax.Array, jax.Array], key: jax.Array, num_steps: int | None = None
+    ) -> Any:
         """Adapted weights after ``num_steps`` (default ``inner_steps``) learned-rate updates."""
         del key
         return self._inner(params, support, num_steps)[0]

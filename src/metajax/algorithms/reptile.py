@@ -60,7 +60,9 @@ class Reptile:
         """Model outputs for inputs ``x``."""
         return self.model.apply({"params": params}, x)
 
-    def adapt(self, params: Any, support: tuple[jax.Array, jax.Array], key: jax.Array, num_steps: int | None = None) -> Any:
+    def adapt(
+        self, params: Any, support: tuple[jax.Array, jax.Array], key: jax.Array, num_steps: int | None = None
+    ) -> Any:
         """Weights after ``num_steps`` (default ``inner_steps``) inner updates on ``support``."""
         del key
         return self._inner(params, support, num_steps)[0]
@@ -68,7 +70,9 @@ class Reptile:
     def loss(self, params: Any, episode: Episode, key: jax.Array) -> tuple[jax.Array, dict]:
         """Reptile surrogate on one task; metrics are the adapted model's query metrics."""
         adapted = jax.lax.stop_gradient(self.adapt(params, episode.support, key))
-        surrogate = 0.5 * sum(jnp.sum(jnp.square(p - a)) for p, a in zip(jax.tree.leaves(params), jax.tree.leaves(adapted)))
+        surrogate = 0.5 * sum(
+            jnp.sum(jnp.square(p - a)) for p, a in zip(jax.tree.leaves(params), jax.tree.leaves(adapted), strict=True)
+        )
         _, metrics = self.objective(self.predict(adapted, episode.query_x), episode.query_y)
         return surrogate, metrics
 
