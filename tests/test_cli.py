@@ -110,3 +110,11 @@ def test_unknown_algorithm_is_rejected(tmp_path, capsys):
         cli.main(["train", "--algo", "mamlx", "--out", str(tmp_path)])
     assert info.value.code == 2
     assert "invalid choice: 'mamlx'" in capsys.readouterr().err
+
+
+def test_resnet12_backbone_is_built(tmp_path):
+    args = cli.build_parser().parse_args(
+        ["train", "--algo", "protonet", "--task", "omniglot", "--backbone", "resnet12", "--out", str(tmp_path)]
+    )
+    learner = cli.build_learner(args, ways=5)
+    assert type(learner.embed).__name__ == "ResNet12" and learner.ways == 5

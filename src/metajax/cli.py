@@ -45,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--ways", type=int, default=5, help="classes per test episode (classification; default 5)")
     t.add_argument("--train-ways", type=int, default=None, help="classes per training episode (default: --ways)")
     t.add_argument("--data-root", type=Path, default=None, help="dataset folder (default: $METAJAX_DATA)")
+    t.add_argument("--backbone", choices=("conv4", "resnet12"), default="conv4", help="image backbone (default conv4)")
     t.add_argument(
         "--filters", type=int, default=None, help="Conv4 filters (default: 64 Omniglot, 32 miniImageNet MAML)"
     )
@@ -93,10 +94,14 @@ def build_learner(args: argparse.Namespace, ways: int | None = None):
         body, objective = models.MLP(hidden=(40, 40), out=None), losses.mse
         net, head = models.MLP(hidden=(40, 40), out=1), nn.Dense(1)
     else:
-        filters = args.filters or (64 if args.algo in METRIC_ALGORITHMS else DEFAULT_FILTERS[args.task])
-        pool = "stride" if args.task == "omniglot" and args.algo not in METRIC_ALGORITHMS else "max"
-        body, objective = models.Conv4(filters=filters, pool=pool), losses.cross_entropy
-        net, head = models.Conv4(filters=filters, pool=pool, out=ways), nn.Dense(ways)
+        objective = losses.cross_entropy
+        if args.backbone == "resnet12":
+            body, net = models.ResNet12(), models.ResNet12(out=ways)
+        else:
+            filters = args.filters or (64 if args.algo in METRIC_ALGORITHMS else DEFAULT_FILTERS[args.task])
+            pool = "stride" if args.task == "omniglot" and args.algo not in METRIC_ALGORITHMS else "max"
+            body, net = models.Conv4(filters=filters, pool=pool), models.Conv4(filters=filters, pool=pool, out=ways)
+        head = nn.Dense(ways)
     if args.algo == "protonet":
         return algorithms.ProtoNet(body, ways=ways)
     if args.algo == "matchingnet":

@@ -1,0 +1,74 @@
+"""ResNet-12, the deeper few-shot backbone (TADAM, MetaOptNet), with batch statistics as in MAML."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from metajax.models.conv import CONV_IMPLS, default_conv_impl, patch_conv, reshape_max_pool
+from metajax.models.layers import BatchStatNorm
+
+
+class ResNet12(nn.Module):
+    """Four residual blocks of three 3x3 convolutions, each block followed by 2x2 max-pooling.
+
+    Block ``i`` has ``channels[i]`` filters: conv-norm-LeakyReLU(0.1) twice, conv-norm, plus
+    a 1x1 conv-norm shortcut, then LeakyReLU and max-pooling (Oreshkin et al. 2018; Lee et
+    al. 2019). Normalisation uses the current batch's statistics (no running averages),
+    so the network is a pure function of ``(params, x)`` like :class:`Conv4`. The
+    embedding is the global average of the last block, ``[examples, channels[-1]]``.
+    DropBlock is not included.
+
+    Attributes:
+        channels: filters of the four blocks (default ``(64, 160, 320, 640)``).
+        out: number of output logits, or ``None`` for the embedding.
+        impl: ``"xla"``, ``"patches"`` or ``None`` (the backend's default), as in :class:`Conv4`.
+        dtype: computation dtype (e.g. ``jnp.bfloat16``); parameters stay float32.
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> net = ResNet12(channels=(8, 8, 8, 8), out=5)
+        >>> x = jnp.zeros((2, 84, 84, 3))
+        >>> net.apply(net.init(jax.random.key(0), x), x).shape
+        (2, 5)
+    """
+
+    channels: Sequence[int] = (64, 160, 320, 640)
+    out: int | None = None
+    impl: str | None = None
+    dtype: jnp.dtype | None = None
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """``x``: ``[examples, H, W, C]`` -> ``[examples, out]`` or ``[examples, channels[-1]]``."""
+        impl = default_conv_impl() if self.impl is None else self.impl
+        if impl not in CONV_IMPLS:
+            raise ValueError(
+                f"ResNet12.impl must be one of {', '.join(map(repr, CONV_IMPLS))} or None, got {self.impl!r}."
+            )
+        if x.ndim != 4:
+            raise ValueError(f"ResNet12 expects inputs [examples, H, W, C], got shape {x.shape}.")
+        if len(self.channels) != 4:
+            raise ValueError(f"ResNet12.channels must hold 4 block widths, got {tuple(self.channels)}.")
+        conv_fn = patch_conv if impl == "patches" else None
+
+        def conv(features, size, h):
+            layer = nn.Conv(features, (size, size), padding="SAME", use_bias=False, dtype=self.dtype,
+                            conv_general_dilated=conv_fn)  # fmt: skip
+            return BatchStatNorm()(layer(h))
+
+        for features in self.channels:
+            h = x
+            for i in range(3):
+                h = conv(features, 3, h)
+                if i < 2:
+                    h = nn.leaky_relu(h, 0.1)
+            x = nn.leaky_relu(h + conv(features, 1, x), 0.1)
+            x = reshape_max_pool(x) if impl == "patches" else nn.max_pool(x, (2, 2), strides=(2, 2), padding="SAME")
+        x = jnp.mean(x, axis=(1, 2))
+        if self.out is not None:
+            x = nn.Dense(self.out, dtype=self.dtype)(x)
+        return x.astype(jnp.float32)
