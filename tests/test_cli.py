@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 
 from metajax import cli
@@ -118,3 +119,37 @@ def test_resnet12_backbone_is_built(tmp_path):
     )
     learner = cli.build_learner(args, ways=5)
     assert type(learner.embed).__name__ == "ResNet12" and learner.ways == 5
+
+
+def test_eval_reproduces_the_runs_evaluation_from_its_checkpoint(tmp_path):
+    out = tmp_path / "run"
+    argv = [
+        "train",
+        "--algo",
+        "maml",
+        "--shots",
+        "5",
+        "--meta-batch",
+        "4",
+        "--steps",
+        "20",
+        "--steps-per-call",
+        "10",
+        "--log-every",
+        "10",
+        "--eval-tasks",
+        "8",
+        "--eval-steps",
+        "2",
+        "--out",
+        str(out),
+        "--no-progress",
+    ]
+    assert cli.main(argv) == 0
+    assert cli.main(["eval", str(out), "--eval-tasks", "8"]) == 0
+    trained = json.loads((out / "metrics.json").read_text())["eval"]
+    evaluated = json.loads((out / "eval.json").read_text())
+    assert evaluated["checkpoint_step"] == 20
+    np.testing.assert_allclose(evaluated["eval"]["mse"]["mean"], trained["mse"]["mean"], rtol=1e-6)
+    with pytest.raises(SystemExit, match="holds no checkpoints/ folder"):
+        cli.main(["eval", str(tmp_path)])

@@ -122,6 +122,11 @@ class Checkpointer:
         )
         return restored["state"], dict(restored["record"] or {})
 
+    def record(self, step: int) -> dict:
+        """The JSON record saved with the checkpoint at ``step`` (the run's config)."""
+        restored = self._manager.restore(step, args=ocp.args.Composite(record=ocp.args.JsonRestore()))
+        return dict(restored["record"] or {})
+
     def wait(self) -> None:
         """Block until pending writes are on disk."""
         self._manager.wait_until_finished()

@@ -15,6 +15,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any, NamedTuple
 
 GRADIENT_ALGORITHMS = ("maml", "fomaml", "imaml", "reptile", "anil", "metasgd")
 METRIC_ALGORITHMS = ("protonet", "matchingnet")
@@ -32,6 +33,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub = parser.add_subparsers(dest="command", required=True)
     continual_cli.add_parser(sub)
+    e = sub.add_parser("eval", help="evaluate a run's newest checkpoint on new tasks; write RUN/eval.json")
+    e.add_argument("run", type=Path, help="the --out folder of a metajax train run")
+    e.add_argument("--eval-tasks", type=int, default=600, help="new tasks (default 600)")
+    e.add_argument("--eval-steps", type=int, default=None, help="inner steps (default: the run's)")
+    e.add_argument("--data-root", type=Path, default=None, help="dataset folder (default: the run's, or $METAJAX_DATA)")
+    e.add_argument("--seed", type=int, default=None, help="PRNG seed of the test tasks (default: the run's)")
     t = sub.add_parser("train", help="meta-train, evaluate on new tasks, write OUT/metrics.json")
     t.add_argument("--algo", choices=ALGORITHMS, default="maml", help="learner (default: maml)")
     t.add_argument("--task", choices=TASKS, default="sinusoid", help="task distribution (default: sinusoid)")
@@ -178,16 +185,25 @@ def machine() -> dict:
     }
 
 
-def train_command(args: argparse.Namespace) -> dict:
-    """Run ``metajax train``; returns what it writes to ``OUT/metrics.json``."""
-    _check_args(args)
+class _Run(NamedTuple):
+    """What ``metajax train`` and ``metajax eval`` build from the arguments."""
+
+    train_task: Any
+    test_task: Any
+    learner: Any
+    test_learner: Any
+    optimizer: Any
+    steps_per_call: int
+    eval_steps: int
+    task_batching: str
+
+
+def _prepare(args: argparse.Namespace) -> _Run:
     import dataclasses
 
-    import jax
     import optax
 
-    from metajax.evaluation import evaluate
-    from metajax.training import default_task_batching, init_state, train
+    from metajax.training import default_task_batching
 
     train_task, test_task = build_tasks(args)
     learner = build_learner(args, getattr(train_task, "ways", None))
@@ -200,10 +216,37 @@ def train_command(args: argparse.Namespace) -> dict:
     if args.lr_decay_every:
         meta_lr = optax.exponential_decay(args.meta_lr, args.lr_decay_every, 0.5, staircase=True)
     optimizer = optax.adam(meta_lr)
+    return _Run(train_task, test_task, learner, test_learner, optimizer, steps_per_call, eval_steps, task_batching)
+
+
+def _eval_key(seed: int):
+    """The key of a run's test tasks: ``metajax eval`` with the run's seed draws the same tasks."""
+    import jax
+
+    return jax.random.split(jax.random.key(seed))[1]
+
+
+def _evaluate(run: _Run, params, key, num_tasks: int) -> dict:
+    from metajax.evaluation import evaluate
+
+    return evaluate(run.test_learner, params, run.test_task, key=key, num_tasks=num_tasks,
+                    num_steps=run.eval_steps, task_batching=run.task_batching)  # fmt: skip
+
+
+def train_command(args: argparse.Namespace) -> dict:
+    """Run ``metajax train``; returns what it writes to ``OUT/metrics.json``."""
+    _check_args(args)
+    import jax
+
+    from metajax.training import init_state, train
+
+    run = _prepare(args)
+    learner, train_task, optimizer = run.learner, run.train_task, run.optimizer
+    steps_per_call, task_batching = run.steps_per_call, run.task_batching
     args.out.mkdir(parents=True, exist_ok=True)
-    k_train, k_eval = jax.random.split(jax.random.key(args.seed))
+    k_train, k_eval = jax.random.split(jax.random.key(args.seed))  # k_eval == _eval_key(args.seed)
     config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
-    config.update(steps_per_call=steps_per_call, eval_steps=eval_steps, task_batching=task_batching)
+    config.update(steps_per_call=steps_per_call, eval_steps=run.eval_steps, task_batching=task_batching)
     state, log = init_state(learner, train_task, optimizer, k_train), []
     if args.resume is not None:
         state, log = _resume(args.resume, state)
@@ -235,15 +278,7 @@ def train_command(args: argparse.Namespace) -> dict:
         max_seconds=None if args.time_limit is None else 60 * args.time_limit,
     )
     train_seconds = time.perf_counter() - t0
-    eval_summary = evaluate(
-        test_learner,
-        state.params,
-        test_task,
-        key=k_eval,
-        num_tasks=args.eval_tasks,
-        num_steps=eval_steps,
-        task_batching=task_batching,
-    )
+    eval_summary = _evaluate(run, state.params, k_eval, args.eval_tasks)
     history = log + history
     result = {
         "config": config,
@@ -259,6 +294,48 @@ def train_command(args: argparse.Namespace) -> dict:
         "eval": eval_summary,
     }
     _write_json_atomic(args.out / "metrics.json", result)
+    return result
+
+
+def eval_command(args: argparse.Namespace) -> dict:
+    """Run ``metajax eval RUN``: evaluate a run's newest checkpoint; returns what it writes to ``RUN/eval.json``."""
+    import jax
+
+    from metajax.checkpoint import Checkpointer
+    from metajax.training import init_state
+
+    checkpoints = args.run / "checkpoints"
+    if not checkpoints.is_dir():
+        raise SystemExit(
+            f"metajax eval: {args.run} holds no checkpoints/ folder; pass the --out of a metajax train run."
+        )
+    checkpointer = Checkpointer(checkpoints, every=1)
+    try:
+        step = checkpointer.latest_step()
+        if step is None:
+            raise SystemExit(f"metajax eval: no checkpoint in {checkpoints}.")
+        record = checkpointer.record(step)
+        train_args = build_parser().parse_args(["train", "--out", str(args.run)])
+        for name, value in record.items():
+            if hasattr(train_args, name):
+                setattr(train_args, name, Path(value) if name in ("out", "data_root", "resume") and value else value)
+        if args.eval_steps is not None:
+            train_args.eval_steps = args.eval_steps
+        if args.data_root is not None:
+            train_args.data_root = args.data_root
+        run = _prepare(train_args)
+        like = init_state(run.learner, run.train_task, run.optimizer, jax.random.key(0))
+        state, _ = checkpointer.restore(like, step)
+    finally:
+        checkpointer.close()
+    seed = train_args.seed if args.seed is None else args.seed
+    result = {
+        "config": {**record, "eval_tasks": args.eval_tasks, "eval_steps": run.eval_steps, "seed": seed},
+        "checkpoint_step": int(state.step),
+        "machine": machine(),
+        "eval": _evaluate(run, state.params, _eval_key(seed), args.eval_tasks),
+    }
+    _write_json_atomic(args.run / "eval.json", result)
     return result
 
 
@@ -315,6 +392,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "train":
         result = train_command(args)
         print(_summary_line(result))
+    elif args.command == "eval":
+        result = eval_command(args)
+        print(_summary_line(result))
+        print(f"wrote {args.run / 'eval.json'}")
+        return 0
     elif args.command == "continual":
         from metajax.continual import cli as continual_cli
 
