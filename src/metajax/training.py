@@ -49,7 +49,9 @@ def first_episode(task: TaskDistribution, key: jax.Array) -> Episode:
     return jax.tree.map(lambda a: a[0], task.sample(key, 1))
 
 
-def init_state(learner: Any, task: TaskDistribution, optimizer: optax.GradientTransformation, key: jax.Array) -> TrainState:
+def init_state(
+    learner: Any, task: TaskDistribution, optimizer: optax.GradientTransformation, key: jax.Array
+) -> TrainState:
     """Initial meta-parameters and optimizer state.
 
     Args:
@@ -90,6 +92,37 @@ def default_task_batching(per_task_conv_weights: bool) -> str:
     return "map" if per_task_conv_weights and jax.default_backend() == "cpu" else "vmap"
 
 
+def batch_value_and_grad(
+    learner: Any, params: Any, episodes: Episode, keys: jax.Array, task_batching: str = "vmap"
+) -> tuple[tuple[jax.Array, dict], Any]:
+    """``((mean loss, mean metrics), gradient of the mean loss)`` over a batch of tasks.
+
+    ``"vmap"`` differentiates the mean of the vmapped ``learner.loss``. ``"map"`` runs one
+    task at a time (a ``lax.scan``) and differentiates inside it, accumulating the sum of
+    the per-task gradients, as a PyTorch loop over tasks does: the backward pass needs only
+    one task's activations at a time, instead of the residuals of every task that the
+    gradient of a ``lax.map`` keeps.
+    """
+    if task_batching == "vmap":
+
+        def batch_loss(params):
+            losses, metrics = jax.vmap(learner.loss, in_axes=(None, 0, 0))(params, episodes, keys)
+            return jnp.mean(losses), jax.tree.map(jnp.mean, metrics)
+
+        return jax.value_and_grad(batch_loss, has_aux=True)(params)
+    one = jax.value_and_grad(learner.loss, has_aux=True)
+
+    def add(total, episode_key):
+        value_grad = one(params, *episode_key)
+        return jax.tree.map(jnp.add, total, value_grad), None
+
+    first = jax.tree.map(lambda a: a[0], (episodes, keys))
+    rest = jax.tree.map(lambda a: a[1:], (episodes, keys))
+    total, _ = jax.lax.scan(add, one(params, *first), rest)
+    n = keys.shape[0]
+    return jax.tree.map(lambda t: t / n, total)
+
+
 def meta_step(
     learner: Any,
     task: TaskDistribution,
@@ -107,18 +140,11 @@ def meta_step(
     check_positive_int("meta_batch", meta_batch)
     check_choice("task_batching", task_batching, TASK_BATCHING)
 
-    def batch_loss(params, episodes, keys):
-        if task_batching == "vmap":
-            losses, metrics = jax.vmap(learner.loss, in_axes=(None, 0, 0))(params, episodes, keys)
-        else:
-            losses, metrics = jax.lax.map(lambda ek: learner.loss(params, *ek), (episodes, keys))
-        return jnp.mean(losses), jax.tree.map(jnp.mean, metrics)
-
     def step(state: TrainState) -> tuple[TrainState, dict]:
         key, k_tasks, k_loss = jax.random.split(jax.random.wrap_key_data(state.key), 3)
         episodes = task.sample(k_tasks, meta_batch)
         keys = jax.random.split(k_loss, meta_batch)
-        (loss, metrics), grads = jax.value_and_grad(batch_loss, has_aux=True)(state.params, episodes, keys)
+        (loss, metrics), grads = batch_value_and_grad(learner, state.params, episodes, keys, task_batching)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         new = TrainState(state.step + 1, params, opt_state, jax.random.key_data(key))
@@ -273,4 +299,3 @@ def _progress_bar(total: int, initial: int):
     from tqdm.auto import tqdm
 
     return tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True, mininterval=0.5)
-

@@ -7,5 +7,6 @@ averages, so every model is a pure function of ``(params, x)``.
 from metajax.models.conv import Conv4
 from metajax.models.layers import BatchStatNorm
 from metajax.models.mlp import MLP
+from metajax.models.resnet import ResNet12
 
-__all__ = ["MLP", "Conv4", "BatchStatNorm"]
+__all__ = ["MLP", "Conv4", "ResNet12", "BatchStatNorm"]

@@ -23,10 +23,15 @@ class BatchStatNorm(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         """``x``: ``[..., C]`` -> ``[..., C]``."""
-        axes = tuple(range(x.ndim - 1))
-        mean = jnp.mean(x, axis=axes, keepdims=True)
-        var = jnp.mean(jnp.square(x - mean), axis=axes, keepdims=True)
-        scale = self.param("scale", nn.initializers.ones, (x.shape[-1],), x.dtype)
-        bias = self.param("bias", nn.initializers.zeros, (x.shape[-1],), x.dtype)
-        channels = (1,) * (x.ndim - 1) + (x.shape[-1],)
-        return (x - mean) * jax.lax.rsqrt(var + self.epsilon) * scale.reshape(channels) + bias.reshape(channels)
+        # Low-precision inputs (bf16) are normalised in float32 and returned in their dtype;
+        # the parameters are at least float32.
+        dtype = jnp.promote_types(x.dtype, jnp.float32)
+        h = x.astype(dtype)
+        axes = tuple(range(h.ndim - 1))
+        mean = jnp.mean(h, axis=axes, keepdims=True)
+        var = jnp.mean(jnp.square(h - mean), axis=axes, keepdims=True)
+        scale = self.param("scale", nn.initializers.ones, (h.shape[-1],), dtype)
+        bias = self.param("bias", nn.initializers.zeros, (h.shape[-1],), dtype)
+        channels = (1,) * (h.ndim - 1) + (h.shape[-1],)
+        out = (h - mean) * jax.lax.rsqrt(var + self.epsilon) * scale.reshape(channels) + bias.reshape(channels)
+        return out.astype(x.dtype)

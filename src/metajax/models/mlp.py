@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 
 
 class MLP(nn.Module):
@@ -15,6 +16,8 @@ class MLP(nn.Module):
         hidden: widths of the hidden layers, e.g. ``(40, 40)`` for MAML's sinusoid net.
         out: output width, or ``None`` to return the last hidden activation (a body
             for ANIL or a metric learner).
+        dtype: computation dtype, e.g. ``jnp.bfloat16`` for mixed precision; parameters
+            stay float32 and outputs are float32.
 
     Example:
         >>> import jax, jax.numpy as jnp
@@ -26,12 +29,13 @@ class MLP(nn.Module):
 
     hidden: Sequence[int] = (40, 40)
     out: int | None = 1
+    dtype: jnp.dtype | None = None
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         """``x``: ``[examples, in]`` -> ``[examples, out]`` (or ``[examples, hidden[-1]]``)."""
         for width in self.hidden:
-            x = nn.relu(nn.Dense(width)(x))
+            x = nn.relu(nn.Dense(width, dtype=self.dtype)(x))
         if self.out is not None:
-            x = nn.Dense(self.out)(x)
-        return x
+            x = nn.Dense(self.out, dtype=self.dtype)(x)
+        return x.astype(jnp.float32) if self.dtype is not None else x
