@@ -1,0 +1,16 @@
+"""Throughput benchmarks of metajax (and PyTorch references): JSON lines on stdout.
+
+The same as ``metajax bench``; see :mod:`metajax.bench` for the workloads and options.
+
+    python scripts/benchmark.py                                   # every workload, library defaults
+    python scripts/benchmark.py --workload maml-omniglot --torch  # with the PyTorch references
+    python scripts/benchmark.py --workload maml-omniglot --task-batching vmap,map --conv-impl xla,patches
+    python scripts/benchmark.py --workload maml-omniglot --order second --meta-batch 8 --inner-steps 1,5,20 --remat both
+"""
+
+import sys
+
+from metajax.bench import main
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,550 @@
+"""Throughput benchmarks: ``metajax bench`` and ``scripts/benchmark.py``.
+
+Three workloads, each meta-trained with Adam exactly as :func:`metajax.train` runs it
+(episodes drawn on the device inside the jitted step, donated state):
+
+* ``maml-sinusoid``: MLP 1-40-40-1, K=10 support and 10 query points, meta-batch 25,
+  1 inner SGD step (lr 0.01), second order, 100 meta-steps per dispatch.
+* ``maml-omniglot``: Conv4 with 64 stride-2 filters, 5-way 1-shot, 5 queries per class,
+  meta-batch 32, 1 inner step (lr 0.4), first and second order.
+* ``protonet-omniglot``: Conv4 with 64 max-pooled filters, 5-way and 20-way 1-shot,
+  15 queries per class, meta-batch 1 (one episode per update, as in the paper).
+
+Images are random uint8 arrays of Omniglot's shape (28x28x1, 100 classes of 20), so the
+benchmark needs no download; the cost of a step does not depend on pixel values.
+
+Every measurement prints one JSON line: tasks/s (from the median step time over the timed
+steps after warm-up), ms per step, compile time, FLOPs per step (XLA's cost analysis of
+one task's loss-and-gradient, times the tasks in the step), GFLOP/s and its share of an
+f32 matmul peak measured in the same process, XLA's planned memory of the step
+(arguments, outputs, temporaries) and the process's peak resident memory. By default each
+configuration runs in a fresh subprocess, so peak memory belongs to it alone. The first
+line describes the machine; with PyTorch installed (``pip install metajax[bench]``) and
+``--torch``, PyTorch references of the same workloads run too (a learn2learn-style loop
+over tasks, and ``torch.func.vmap``), followed by one ``ratio`` line per reference.
+
+Example:
+    $ python scripts/benchmark.py --workload maml-omniglot --order second --torch
+    $ metajax bench --workload maml-omniglot --inner-steps 1,5,20 --remat both --meta-batch 8
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import itertools
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+
+WORKLOADS = ("maml-sinusoid", "maml-omniglot", "protonet-omniglot")
+JAX_IMPLS = ("jax",)
+TORCH_IMPLS = ("torch-loop", "torch-func")
+_DEFAULTS = {
+    "maml-sinusoid": {"meta_batch": 25, "inner_steps": 1, "steps_per_call": 100, "ways": 1},
+    "maml-omniglot": {"meta_batch": 32, "inner_steps": 1, "steps_per_call": 1, "ways": 5},
+    "protonet-omniglot": {"meta_batch": 1, "inner_steps": 0, "steps_per_call": 1, "ways": 5},
+}
+
+
+# ----------------------------------------------------------------------------- arguments
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values or min(values) <= 0:
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return values
+
+
+def _choices(allowed: Sequence[str]):
+    def parse(text: str) -> list[str]:
+        values = [v for v in text.split(",") if v]
+        bad = [v for v in values if v not in allowed]
+        if not values or bad:
+            raise argparse.ArgumentTypeError(f"expected a comma-separated subset of {', '.join(allowed)}; got {text!r}")
+        return values
+
+    return parse
+
+
+def _add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--workload",
+        type=_choices(WORKLOADS + ("all",)),
+        default=["all"],
+        help="comma-separated workloads, or all (default)",
+    )
+    p.add_argument(
+        "--meta-batch", type=_ints, default=None, help="tasks per step, comma-separated sweep (default per workload)"
+    )
+    p.add_argument(
+        "--inner-steps", type=_ints, default=None, help="MAML inner steps, comma-separated sweep (default 1)"
+    )
+    p.add_argument(
+        "--ways", type=_ints, default=None, help="ProtoNet ways (default 5,20); MAML Omniglot ways (default 5)"
+    )
+    p.add_argument(
+        "--order",
+        type=_choices(("first", "second")),
+        default=["first", "second"],
+        help="MAML Omniglot meta-gradient: first, second or both (default)",
+    )
+    p.add_argument(
+        "--task-batching",
+        type=_choices(("auto", "vmap", "map")),
+        default=["auto"],
+        help="how tasks are batched: auto (per backend, the library default), vmap, map; comma-separated sweep",
+    )
+    p.add_argument(
+        "--conv-impl",
+        type=_choices(("auto", "xla", "patches")),
+        default=["auto"],
+        help="Conv4 convolutions: auto (per backend), xla, patches; comma-separated sweep",
+    )
+    p.add_argument("--remat", choices=("off", "on", "both"), default="off", help="jax.checkpoint on the inner loop")
+    p.add_argument("--dtype", type=_choices(("float32", "bfloat16")), default=["float32"], help="compute dtype")
+    p.add_argument("--steps", type=int, default=5, help="timed dispatches (default 5)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed dispatches after compilation (default 2)")
+    p.add_argument(
+        "--steps-per-call", type=int, default=None, help="meta-steps per dispatch (default: 100 sinusoid, else 1)"
+    )
+    p.add_argument("--torch", action="store_true", help="also run the PyTorch references (needs the bench extra)")
+    p.add_argument("--torch-only", action="store_true", help="run only the PyTorch references")
+    p.add_argument(
+        "--in-process", action="store_true", help="run every configuration in this process (memory figures mix)"
+    )
+    p.add_argument(
+        "--matmul-size", type=int, default=2048, help="side of the f32 matmul that measures the peak (default 2048)"
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="pin each measurement to this many cores (sched_setaffinity; torch.set_num_threads); default: all",
+    )
+    p.add_argument("--out", default=None, help="also append the JSON lines to this file")
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    """Add the ``bench`` subcommand to a ``metajax`` argument parser's subparsers."""
+    p = subparsers.add_parser(
+        "bench", help="throughput benchmarks; prints JSON lines", description=__doc__.split("\n\n")[0]
+    )
+    _add_arguments(p)
+    return p
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of ``scripts/benchmark.py`` (the ``bench`` subcommand's arguments)."""
+    p = argparse.ArgumentParser(prog="benchmark.py", description=__doc__.split("\n\n")[0])
+    _add_arguments(p)
+    return p
+
+
+# ----------------------------------------------------------------------------- driver
+
+
+def configs(args: argparse.Namespace) -> list[dict]:
+    """Every configuration the arguments ask for, JAX first, then the PyTorch references."""
+    workloads = WORKLOADS if "all" in args.workload else tuple(args.workload)
+    remats = {"off": [False], "on": [True], "both": [False, True]}[args.remat]
+    out = []
+    for w in workloads:
+        d = _DEFAULTS[w]
+        meta_batches = args.meta_batch or [d["meta_batch"]]
+        if w == "protonet-omniglot":
+            ways, inner, orders, remat_list = args.ways or [5, 20], [0], ["none"], [False]
+        else:
+            ways = (args.ways or [5]) if w == "maml-omniglot" else [1]
+            inner, remat_list = args.inner_steps or [d["inner_steps"]], remats
+            orders = ["second"] if w == "maml-sinusoid" else args.order
+        conv_impls = ["none"] if w == "maml-sinusoid" else args.conv_impl
+        spc = args.steps_per_call or d["steps_per_call"]
+        for mb, k, n_ways, order in itertools.product(meta_batches, inner, ways, orders):
+            base = dict(
+                workload=w,
+                meta_batch=mb,
+                inner_steps=k,
+                ways=n_ways,
+                order=order,
+                steps=args.steps,
+                warmup=args.warmup,
+                matmul_size=args.matmul_size,
+                threads=args.threads,
+            )
+            if not args.torch_only:
+                for tb, ci, rm, dt in itertools.product(args.task_batching, conv_impls, remat_list, args.dtype):
+                    out.append(
+                        dict(base, impl="jax", task_batching=tb, conv_impl=ci, remat=rm, dtype=dt, steps_per_call=spc)
+                    )
+            if args.torch or args.torch_only:
+                for impl in TORCH_IMPLS:
+                    out.append(dict(base, impl=impl, steps_per_call=1))
+    return out
+
+
+def run(args: argparse.Namespace) -> list[dict]:
+    """Run ``metajax bench``: print (and return) one JSON line per measurement."""
+    if args.threads is not None and args.threads < 1:
+        raise SystemExit(f"metajax bench: --threads must be positive, got {args.threads}.")
+    if args.in_process:
+        _pin_threads(args.threads)
+    for name in ("steps", "warmup"):
+        if getattr(args, name) < (1 if name == "steps" else 0):
+            raise SystemExit(
+                f"metajax bench: --{name} must be {'positive' if name == 'steps' else 'non-negative'}, "
+                f"got {getattr(args, name)}."
+            )
+    if (args.torch or args.torch_only) and not _have_torch():
+        raise SystemExit("metajax bench: --torch needs PyTorch; install the bench extra: pip install 'metajax[bench]'.")
+    sink = open(args.out, "a") if args.out else None  # noqa: SIM115
+    results: list[dict] = []
+
+    def emit(record: dict) -> None:
+        line = json.dumps(record)
+        print(line, flush=True)
+        if sink is not None:
+            sink.write(line + "\n")
+            sink.flush()
+        results.append(record)
+
+    try:
+        emit({"kind": "machine", **machine_info(torch=args.torch or args.torch_only)})
+        for config in configs(args):
+            emit(_run_one(config) if args.in_process else _run_isolated(config))
+        for record in ratios(results):
+            emit(record)
+    finally:
+        if sink is not None:
+            sink.close()
+    return results
+
+
+def _run_isolated(config: dict) -> dict:
+    cmd = [sys.executable, "-m", "metajax.bench", "--worker", json.dumps(config)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy())
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        tail = proc.stderr.strip().splitlines()[-5:]
+        return {"kind": "error", **config, "returncode": proc.returncode, "stderr_tail": tail}
+    return json.loads(lines[-1])
+
+
+def ratios(results: list[dict]) -> list[dict]:
+    """For each PyTorch result, the JAX default configuration's speed over it (same workload and shape)."""
+    key = lambda r: (r["workload"], r["meta_batch"], r["inner_steps"], r["ways"], r["order"])  # noqa: E731
+    jax_default = {}
+    for r in results:
+        if r.get("kind") == "result" and r["impl"] == "jax" and r["dtype"] == "float32" and not r["remat"]:
+            # Prefer the library default (auto/auto); else the fastest JAX variant measured.
+            best = jax_default.get(key(r))
+            is_auto = r["task_batching_requested"] == "auto" and r["conv_impl_requested"] in ("auto", "none")
+            if (
+                best is None
+                or (is_auto and not best[0])
+                or (is_auto == best[0] and r["tasks_per_s"] > best[1]["tasks_per_s"])
+            ):
+                jax_default[key(r)] = (is_auto, r)
+    out = []
+    for r in results:
+        if r.get("kind") == "result" and r["impl"] in TORCH_IMPLS and key(r) in jax_default:
+            j = jax_default[key(r)][1]
+            out.append(
+                {
+                    "kind": "ratio",
+                    "workload": r["workload"],
+                    "meta_batch": r["meta_batch"],
+                    "inner_steps": r["inner_steps"],
+                    "ways": r["ways"],
+                    "order": r["order"],
+                    "jax": f"{j['task_batching']}/{j['conv_impl']}",
+                    "reference": r["impl"],
+                    "speedup": j["tasks_per_s"] / r["tasks_per_s"],
+                    "peak_rss_delta_ratio": j["peak_rss_delta_mb"] / max(r["peak_rss_delta_mb"], 1e-9),
+                }
+            )
+    return out
+
+
+# ----------------------------------------------------------------------------- measurement helpers
+
+
+def machine_info(torch: bool = False) -> dict:
+    """Machine, software and load, for the first JSON line."""
+    from metajax.cli import machine
+
+    info = machine()
+    info["load_avg"] = list(os.getloadavg())
+    info["xla_flags"] = os.environ.get("XLA_FLAGS", "")
+    if torch and _have_torch():
+        import torch as th
+
+        info["torch"] = th.__version__
+        info["torch_threads"] = th.get_num_threads()
+    return info
+
+
+def _pin_threads(threads: int | None) -> None:
+    """Restrict this process to its first ``threads`` allowed cores (Linux), for JAX and PyTorch alike.
+
+    On a shared machine, PyTorch's OpenMP threads spin at barriers and slow down many-fold
+    when another process takes one of their cores; one pinned thread per framework degrades
+    in proportion to the load instead, so ``--threads 1`` compares like with like there.
+    """
+    if not threads:
+        return
+    if hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:threads])
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+
+
+def _have_torch() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("torch") is not None
+
+
+def _rss_mb() -> tuple[float, float]:
+    """``(current, peak)`` resident memory of this process in MiB (Linux), else ``(nan, nan)``."""
+    try:
+        with open("/proc/self/status") as f:
+            fields = dict(line.split(":", 1) for line in f)
+        return int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024
+    except (OSError, KeyError, ValueError):
+        return float("nan"), float("nan")
+
+
+def _time_calls(fn, warmup: int, steps: int) -> list[float]:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def matmul_peak_gflops(n: int = 2048, repeats: int = 5) -> float:
+    """f32 ``[n, n] @ [n, n]`` GFLOP/s with XLA on the default device (median of ``repeats``)."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+    f = jax.jit(lambda a: a @ a)
+    f(a).block_until_ready()
+    times = _time_calls(lambda: f(a).block_until_ready(), 1, repeats)
+    return 2 * n**3 / float(np.median(times)) / 1e9
+
+
+def _images(classes: int = 100, examples: int = 20, size: int = 28):
+    import numpy as np
+
+    return np.random.default_rng(0).integers(0, 256, (classes, examples, size, size, 1), dtype=np.uint8)
+
+
+# ----------------------------------------------------------------------------- JAX
+
+
+def jax_setup(config: dict):
+    """``(learner, task)`` of a JAX configuration, with ``auto`` choices resolved."""
+    import jax.numpy as jnp
+
+    from metajax import algorithms, losses, models, tasks
+
+    dtype = jnp.bfloat16 if config["dtype"] == "bfloat16" else None
+    impl = None if config["conv_impl"] in ("auto", "none") else config["conv_impl"]
+    w = config["workload"]
+    if w == "maml-sinusoid":
+        net = models.MLP(hidden=(40, 40), out=1, dtype=dtype)
+        learner = algorithms.MAML(net, inner_lr=0.01, inner_steps=config["inner_steps"], remat=config["remat"])
+        return learner, tasks.Sinusoid(shots=10)
+    if w == "maml-omniglot":
+        net = models.Conv4(filters=64, out=config["ways"], pool="stride", impl=impl, dtype=dtype)
+        mg = algorithms.SecondOrder() if config["order"] == "second" else algorithms.FirstOrder()
+        learner = algorithms.MAML(
+            net,
+            inner_lr=0.4,
+            inner_steps=config["inner_steps"],
+            meta_gradient=mg,
+            objective=losses.cross_entropy,
+            remat=config["remat"],
+        )
+        return learner, tasks.FewShot(_images(), ways=config["ways"], shots=1, queries=5)
+    net = models.Conv4(filters=64, out=None, pool="max", impl=impl, dtype=dtype)
+    return algorithms.ProtoNet(net, ways=config["ways"]), tasks.FewShot(
+        _images(), ways=config["ways"], shots=1, queries=15
+    )
+
+
+def _run_one(config: dict) -> dict:
+    if config["impl"] == "jax":
+        return run_jax(config)
+    return run_torch(config)
+
+
+def run_jax(config: dict) -> dict:
+    """Measure one JAX configuration; returns its JSON record."""
+    import jax
+    import numpy as np
+    import optax
+
+    from metajax._tree import partition
+    from metajax.models.conv import default_conv_impl
+    from metajax.training import default_task_batching, first_episode, init_state, meta_step
+
+    peak = matmul_peak_gflops(config.get("matmul_size", 2048))
+    learner, task = jax_setup(config)
+    per_task_conv = config["workload"] == "maml-omniglot"
+    batching = default_task_batching(per_task_conv) if config["task_batching"] == "auto" else config["task_batching"]
+    conv_impl = default_conv_impl() if config["conv_impl"] == "auto" else config["conv_impl"]
+    mb, spc = config["meta_batch"], config["steps_per_call"]
+    optimizer = optax.adam(1e-3)
+    state = init_state(learner, task, optimizer, jax.random.key(0))
+    task_arrays, rebuild = partition(task)
+    rss_setup, _ = _rss_mb()
+
+    # The same program as training.make_train_step, lowered here to read its cost and memory.
+    @functools.partial(jax.jit, donate_argnums=0)
+    def many(state, task_arrays):
+        one = meta_step(learner, rebuild(task_arrays), optimizer, mb, batching)
+        return jax.lax.scan(lambda s, _: one(s), state, None, length=spc)
+
+    t0 = time.perf_counter()
+    compiled = many.lower(state, task_arrays).compile()
+    compile_s = time.perf_counter() - t0
+    mem = compiled.memory_analysis()
+
+    # FLOPs of one task's loss and gradient (a lax.map body would be counted once, so count one task).
+    episode = first_episode(task, jax.random.key(1))
+    grad_one = jax.jit(jax.value_and_grad(lambda p, e, k: learner.loss(p, e, k)[0]))
+    flops_task = _flops(grad_one.lower(state.params, episode, jax.random.key(2)).compile())
+
+    holder = [state]
+
+    def call():
+        holder[0], metrics = compiled(holder[0], task_arrays)
+        jax.block_until_ready((holder[0], metrics))
+
+    times = _time_calls(call, config["warmup"], config["steps"])
+    rss_now, rss_peak = _rss_mb()
+    median = float(np.median(times))
+    flops_step = flops_task * mb * spc
+    record = dict(
+        config,
+        kind="result",
+        task_batching_requested=config["task_batching"],
+        conv_impl_requested=config["conv_impl"],
+        task_batching=batching,
+        conv_impl=conv_impl if per_task_conv or config["workload"] == "protonet-omniglot" else "none",
+    )
+    record.update(_speed(times, median, mb * spc, spc, flops_step, peak))
+    if config["inner_steps"] > 1:
+        # XLA's cost analysis counts a loop body once, and the inner loop is a lax.scan.
+        record["flops_note"] = "lower bound: the inner-loop scan body is counted once"
+    record.update(
+        compile_s=compile_s,
+        xla_memory_mb={
+            "arguments": mem.argument_size_in_bytes / 2**20,
+            "outputs": mem.output_size_in_bytes / 2**20,
+            "temporaries": mem.temp_size_in_bytes / 2**20,
+            "aliased": mem.alias_size_in_bytes / 2**20,
+        }
+        if mem is not None
+        else None,
+        rss_setup_mb=rss_setup,
+        peak_rss_mb=rss_peak,
+        peak_rss_delta_mb=rss_peak - rss_setup,
+        load_avg_1min=os.getloadavg()[0],
+    )
+    return record
+
+
+def _flops(compiled) -> float:
+    cost = compiled.cost_analysis()
+    if isinstance(cost, list | tuple):
+        cost = cost[0] if cost else {}
+    return float((cost or {}).get("flops", float("nan")))
+
+
+def _speed(times: list[float], median: float, tasks: int, steps: int, flops: float, peak: float) -> dict:
+    """Speed figures of a dispatch running ``steps`` meta-steps over ``tasks`` tasks in all."""
+    gflops = flops / median / 1e9
+    return {
+        "tasks_per_s": tasks / median,
+        "ms_per_step": median * 1e3 / steps,
+        "ms_per_dispatch": median * 1e3,
+        "step_times_ms": [t * 1e3 for t in times],
+        "gflop_per_step": flops / steps / 1e9,
+        "gflop_per_s": gflops,
+        "matmul_peak_gflop_per_s": peak,
+        "share_of_matmul_peak": gflops / peak,
+    }
+
+
+# ----------------------------------------------------------------------------- PyTorch references
+
+
+def run_torch(config: dict) -> dict:
+    """Measure one PyTorch reference (``torch-loop`` or ``torch-func``); returns its JSON record.
+
+    FLOPs per step are XLA's count for the same workload (the same arithmetic), so that
+    GFLOP/s compare like with like.
+    """
+    import jax
+    import numpy as np
+    import torch
+
+    from metajax import bench_torch
+    from metajax.training import first_episode
+
+    peak = matmul_peak_gflops(config.get("matmul_size", 2048))
+    jax_cfg = dict(config, task_batching="vmap", conv_impl="xla", remat=False, dtype="float32")
+    learner, task = jax_setup(jax_cfg)
+    episode = first_episode(task, jax.random.key(1))
+    params = learner.init(jax.random.key(0), episode)
+    grad_one = jax.jit(jax.value_and_grad(lambda p, e, k: learner.loss(p, e, k)[0]))
+    flops_task = _flops(grad_one.lower(params, episode, jax.random.key(2)).compile())
+    # A fixed batch of episodes, drawn once (the JAX step draws new ones inside the step).
+    batch = jax.device_get(task.sample(jax.random.key(3), config["meta_batch"]))
+    torch.manual_seed(0)
+    if config.get("threads"):
+        torch.set_num_threads(config["threads"])
+    rss_setup, _ = _rss_mb()
+    step = bench_torch.make_step(config, batch)
+    times = _time_calls(step, config["warmup"] + 1, config["steps"])
+    _, rss_peak = _rss_mb()
+    median = float(np.median(times))
+    record = dict(config, kind="result", torch_threads=torch.get_num_threads())
+    record.update(_speed(times, median, config["meta_batch"], 1, flops_task * config["meta_batch"], peak))
+    record.update(
+        rss_setup_mb=rss_setup,
+        peak_rss_mb=rss_peak,
+        peak_rss_delta_mb=rss_peak - rss_setup,
+        load_avg_1min=os.getloadavg()[0],
+    )
+    return record
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m metajax.bench`` / ``scripts/benchmark.py``."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["--worker"]:
+        config = json.loads(argv[1])
+        _pin_threads(config.get("threads"))  # before JAX or PyTorch size their thread pools
+        print(json.dumps(_run_one(config)), flush=True)
+        return 0
+    run(build_parser().parse_args(argv))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,163 @@
+"""PyTorch references of the benchmark workloads (imported only by ``metajax bench --torch``).
+
+Two formulations of each meta-step, both with Adam on the meta-parameters:
+
+* ``torch-loop``: the learn2learn pattern: for each task, clone the parameters, take the
+  inner steps with ``torch.autograd.grad(create_graph=second_order)``, backpropagate the
+  query loss (scaled by ``1 / tasks``) into the meta-parameters; one optimizer step.
+* ``torch-func``: ``torch.func.grad`` of the mean over ``torch.func.vmap`` of the per-task
+  query loss, whose inner steps are ``torch.func.grad`` too.
+
+The networks are those of the JAX workloads: MLP 1-40-40-1; Conv4 with 3x3 convolutions,
+batch normalisation with the batch's statistics (no running averages), ReLU, and stride 2
+(MAML Omniglot, padded as XLA's ``SAME``) or 2x2 max-pooling (ProtoNets).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.func import grad, vmap
+
+
+def _same_pads(size: int, stride: int, kernel: int = 3) -> tuple[int, int]:
+    out = -(-size // stride)
+    total = max((out - 1) * stride + kernel - size, 0)
+    return total // 2, total - total // 2
+
+
+def conv4_params(ways: int | None, filters: int = 64, channels: int = 1, features: int = 0) -> list[torch.Tensor]:
+    """``[w, b, scale, bias] * 4`` (+ ``[W, b]`` of the classifier when ``ways``)."""
+    params = []
+    for i in range(4):
+        w = torch.empty(filters, channels if i == 0 else filters, 3, 3)
+        torch.nn.init.kaiming_uniform_(w, a=5**0.5)
+        params += [w, torch.zeros(filters), torch.ones(filters), torch.zeros(filters)]
+    if ways is not None:
+        w = torch.empty(ways, features)
+        torch.nn.init.kaiming_uniform_(w, a=5**0.5)
+        params += [w, torch.zeros(ways)]
+    return [p.requires_grad_() for p in params]
+
+
+def conv4(params, x: torch.Tensor, pool: str) -> torch.Tensor:
+    """``x [N, C, H, W]`` -> logits ``[N, ways]`` or embeddings ``[N, D]``."""
+    for i in range(4):
+        w, b, g, beta = params[4 * i : 4 * i + 4]
+        if pool == "stride":
+            (top, bottom), (left, right) = _same_pads(x.shape[-2], 2), _same_pads(x.shape[-1], 2)
+            x = F.conv2d(F.pad(x, (left, right, top, bottom)), w, b, stride=2)
+        else:
+            x = F.conv2d(x, w, b, padding=1)
+        x = F.relu(F.batch_norm(x, None, None, g, beta, training=True, eps=1e-5))
+        if pool == "max":
+            x = F.max_pool2d(x, 2, 2, ceil_mode=True)
+    x = x.flatten(1)
+    if len(params) > 16:
+        x = F.linear(x, params[16], params[17])
+    return x
+
+
+def mlp_params() -> list[torch.Tensor]:
+    """MLP 1-40-40-1."""
+    layers = [torch.nn.Linear(1, 40), torch.nn.Linear(40, 40), torch.nn.Linear(40, 1)]
+    return [p.detach().clone().requires_grad_() for layer in layers for p in (layer.weight, layer.bias)]
+
+
+def mlp(params, x: torch.Tensor) -> torch.Tensor:
+    """``x [N, 1]`` -> ``[N, 1]``."""
+    w1, b1, w2, b2, w3, b3 = params
+    return F.linear(F.relu(F.linear(F.relu(F.linear(x, w1, b1)), w2, b2)), w3, b3)
+
+
+def make_step(config: dict, batch):
+    """A no-argument function running one meta-step of ``config`` on a fixed ``batch`` (Episode of numpy arrays)."""
+    workload, impl = config["workload"], config["impl"]
+    as_images = lambda a: torch.from_numpy(np.array(np.moveaxis(np.asarray(a), -1, -3)))  # noqa: E731
+    if workload == "maml-sinusoid":
+        sx, sy, qx, qy = (
+            torch.from_numpy(np.array(a)) for a in (batch.support_x, batch.support_y, batch.query_x, batch.query_y)
+        )
+        params, net, loss_fn = mlp_params(), mlp, F.mse_loss
+        lr, second = 0.01, True
+    else:
+        sx, qx = as_images(batch.support_x), as_images(batch.query_x)
+        sy, qy = (torch.from_numpy(np.array(a)).long() for a in (batch.support_y, batch.query_y))
+        loss_fn = F.cross_entropy
+        if workload == "maml-omniglot":
+            params = conv4_params(config["ways"], features=64 * 2 * 2)
+            net = lambda p, x: conv4(p, x, "stride")  # noqa: E731
+            lr, second = 0.4, config["order"] == "second"
+        else:
+            params = conv4_params(None)
+            return _protonet_step(params, config["ways"], (sx, sy, qx, qy), impl)
+    optimizer = torch.optim.Adam(params, lr=1e-3)
+    steps, tasks = config["inner_steps"], sx.shape[0]
+
+    def task_loss(p, sx, sy, qx, qy):
+        for _ in range(steps):
+            if impl == "torch-loop":
+                g = torch.autograd.grad(loss_fn(net(p, sx), sy), p, create_graph=second)
+            else:
+                g = grad(lambda p: loss_fn(net(p, sx), sy))(p)
+                if not second:
+                    g = [gi.detach() for gi in g]
+            p = [pi - lr * gi for pi, gi in zip(p, g, strict=True)]
+        return loss_fn(net(p, qx), qy)
+
+    if impl == "torch-loop":
+
+        def step():
+            optimizer.zero_grad()
+            for t in range(tasks):
+                (task_loss(params, sx[t], sy[t], qx[t], qy[t]) / tasks).backward()
+            optimizer.step()
+
+        return step
+
+    def batch_loss(p):
+        return vmap(task_loss, in_dims=(None, 0, 0, 0, 0), randomness="same")(p, sx, sy, qx, qy).mean()
+
+    def step():
+        detached = [p.detach() for p in params]
+        grads = grad(batch_loss)(detached)
+        for p, g in zip(params, grads, strict=True):
+            p.grad = g
+        optimizer.step()
+
+    return step
+
+
+def _protonet_step(params, ways: int, data, impl: str):
+    sx, sy, qx, qy = data
+    optimizer = torch.optim.Adam(params, lr=1e-3)
+
+    def task_loss(p, sx, sy, qx, qy):
+        support, queries = conv4(p, sx, "max"), conv4(p, qx, "max")
+        one_hot = F.one_hot(sy, ways).to(support.dtype)
+        prototypes = one_hot.T @ support / one_hot.sum(0).clamp(min=1.0)[:, None]
+        logits = -((queries[:, None, :] - prototypes[None]) ** 2).sum(-1)
+        return F.cross_entropy(logits, qy)
+
+    tasks = sx.shape[0]
+    if impl == "torch-loop":
+
+        def step():
+            optimizer.zero_grad()
+            for t in range(tasks):
+                (task_loss(params, sx[t], sy[t], qx[t], qy[t]) / tasks).backward()
+            optimizer.step()
+
+        return step
+
+    def batch_loss(p):
+        return vmap(task_loss, in_dims=(None, 0, 0, 0, 0), randomness="same")(p, sx, sy, qx, qy).mean()
+
+    def step():
+        grads = grad(batch_loss)([p.detach() for p in params])
+        for p, g in zip(params, grads, strict=True):
+            p.grad = g
+        optimizer.step()
+
+    return step
