@@ -1,6 +1,6 @@
 """metajax: meta-learning in JAX. Every learner is a pure function of (params, task, key)."""
 
-from metajax import algorithms, datasets, losses, models, tasks
+from metajax import algorithms, datasets, distributed, losses, models, tasks
 from metajax.algorithms import (
     ANIL,
     MAML,
@@ -34,6 +34,7 @@ __all__ = [
     "algorithms",
     "confidence_interval",
     "datasets",
+    "distributed",
     "evaluate",
     "init_state",
     "inner_loop",

@@ -29,16 +29,10 @@ DEFAULT_FILTERS = {"omniglot": 64, "miniimagenet": 32}
 def build_parser() -> argparse.ArgumentParser:
     """The ``metajax`` argument parser."""
     parser = argparse.ArgumentParser(prog="metajax", description="Meta-learning in JAX.")
+    from metajax import bench
     from metajax.continual import cli as continual_cli
 
     sub = parser.add_subparsers(dest="command", required=True)
-    continual_cli.add_parser(sub)
-    e = sub.add_parser("eval", help="evaluate a run's newest checkpoint on new tasks; write RUN/eval.json")
-    e.add_argument("run", type=Path, help="the --out folder of a metajax train run")
-    e.add_argument("--eval-tasks", type=int, default=600, help="new tasks (default 600)")
-    e.add_argument("--eval-steps", type=int, default=None, help="inner steps (default: the run's)")
-    e.add_argument("--data-root", type=Path, default=None, help="dataset folder (default: the run's, or $METAJAX_DATA)")
-    e.add_argument("--seed", type=int, default=None, help="PRNG seed of the test tasks (default: the run's)")
     t = sub.add_parser("train", help="meta-train, evaluate on new tasks, write OUT/metrics.json")
     t.add_argument("--algo", choices=ALGORITHMS, default="maml", help="learner (default: maml)")
     t.add_argument("--task", choices=TASKS, default="sinusoid", help="task distribution (default: sinusoid)")
@@ -86,6 +80,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--resume", type=Path, default=None, help="continue the run whose --out was DIR from its newest checkpoint"
     )
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    continual_cli.add_parser(sub)
+    bench.add_parser(sub)
+    e = sub.add_parser("eval", help="evaluate a run's newest checkpoint on new tasks; write RUN/eval.json")
+    e.add_argument("run", type=Path, help="the --out folder of a metajax train run")
+    e.add_argument("--eval-tasks", type=int, default=600, help="new tasks (default 600)")
+    e.add_argument("--eval-steps", type=int, default=None, help="inner steps (default: the run's)")
+    e.add_argument("--data-root", type=Path, default=None, help="dataset folder (default: the run's, or $METAJAX_DATA)")
+    e.add_argument("--seed", type=int, default=None, help="PRNG seed of the test tasks (default: the run's)")
     return parser
 
 
@@ -392,6 +394,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "train":
         result = train_command(args)
         print(_summary_line(result))
+    elif args.command == "bench":
+        from metajax import bench
+
+        bench.run(args)
+        return 0
     elif args.command == "eval":
         result = eval_command(args)
         print(_summary_line(result))

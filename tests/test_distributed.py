@@ -1,0 +1,88 @@
+"""Sharding the task axis: the same meta-step on 1 or N devices."""
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import jax
+import numpy as np
+import optax
+import pytest
+
+import metajax
+from metajax import distributed, models, tasks
+
+SRC = str(Path(metajax.__file__).resolve().parents[1])
+
+
+def _setup():
+    learner = metajax.MAML(models.MLP(hidden=(16, 16), out=1), inner_lr=0.05, inner_steps=2)
+    task = tasks.Sinusoid(shots=5)
+    return learner, task, optax.adam(1e-2)
+
+
+def test_one_device_mesh_equals_the_plain_step():
+    learner, task, opt = _setup()
+    state = metajax.init_state(learner, task, opt, jax.random.key(0))
+    plain = metajax.make_train_step(learner, task, opt, meta_batch=4, steps_per_call=2)
+    sharded = distributed.make_sharded_train_step(
+        learner, task, opt, 4, distributed.task_mesh(jax.devices()[:1]), steps_per_call=2
+    )
+    copy = jax.tree.map(lambda a: a.copy(), state)
+    s1, m1 = plain(state)
+    s2, m2 = sharded(copy)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), s1, s2)
+    np.testing.assert_allclose(m1["loss"], m2["loss"], rtol=1e-5)
+
+
+def test_meta_batch_must_divide_over_devices():
+    learner, task, opt = _setup()
+    mesh = distributed.task_mesh(jax.devices()[:1] * 1)
+    with pytest.raises(ValueError, match="meta_batch must be a positive integer"):
+        distributed.sharded_meta_step(learner, task, opt, 0, mesh)
+    with pytest.raises(ValueError, match="multiple of the 3 devices"):
+        distributed.sharded_meta_step(
+            learner, task, opt, 4, jax.sharding.Mesh(np.array(jax.devices()[:1] * 3), ("tasks",))
+        )
+
+
+_EIGHT_DEVICES = textwrap.dedent(
+    """
+    import jax, numpy as np, optax
+    import metajax
+    from metajax import distributed, models, tasks
+    assert jax.device_count() == 8, jax.devices()
+    opt = optax.adam(1e-2)
+    learners = {
+        "maml-vmap": (metajax.MAML(models.MLP(hidden=(16, 16), out=1), inner_lr=0.05, inner_steps=2), "vmap"),
+        "maml-map": (metajax.MAML(models.MLP(hidden=(16, 16), out=1), inner_lr=0.05, inner_steps=2), "map"),
+        "fomaml-vmap": (metajax.MAML(models.MLP(hidden=(16,), out=1), meta_gradient=metajax.FirstOrder()), "vmap"),
+    }
+    task = tasks.Sinusoid(shots=5)
+    for name, (learner, batching) in learners.items():
+        state = metajax.init_state(learner, task, opt, jax.random.key(0))
+        copy = jax.tree.map(lambda a: a.copy(), state)
+        plain = metajax.make_train_step(learner, task, opt, 16, steps_per_call=3, task_batching=batching)
+        sharded = distributed.make_sharded_train_step(learner, task, opt, 16, steps_per_call=3, task_batching=batching)
+        s1, m1 = plain(state)
+        s2, m2 = sharded(copy)
+        assert len(s2.params["Dense_0"]["kernel"].sharding.device_set) == 8
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-6), s1, s2)
+        np.testing.assert_allclose(m1["loss"], m2["loss"], rtol=1e-5)
+        print("ok", name, float(m2["loss"][-1]))
+    """
+)
+
+
+def test_sharded_step_on_eight_devices_equals_one_device():
+    env = dict(
+        os.environ,
+        XLA_FLAGS="--xla_force_host_platform_device_count=8",
+        JAX_PLATFORMS="cpu",
+        PYTHONPATH=os.pathsep.join([SRC, os.environ.get("PYTHONPATH", "")]),
+    )
+    proc = subprocess.run([sys.executable, "-c", _EIGHT_DEVICES], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("ok ") == 3, proc.stdout
