@@ -29,7 +29,7 @@ DEFAULT_FILTERS = {"omniglot": 64, "miniimagenet": 32}
 def build_parser() -> argparse.ArgumentParser:
     """The ``metajax`` argument parser."""
     parser = argparse.ArgumentParser(prog="metajax", description="Meta-learning in JAX.")
-    from metajax import bench
+    from metajax import bench, plots
     from metajax.continual import cli as continual_cli
 
     sub = parser.add_subparsers(dest="command", required=True)
@@ -82,6 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
     continual_cli.add_parser(sub)
     bench.add_parser(sub)
+    plots.add_parser(sub)
     e = sub.add_parser("eval", help="evaluate a run's newest checkpoint on new tasks; write RUN/eval.json")
     e.add_argument("run", type=Path, help="the --out folder of a metajax train run")
     e.add_argument("--eval-tasks", type=int, default=600, help="new tasks (default 600)")
@@ -394,6 +395,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "train":
         result = train_command(args)
         print(_summary_line(result))
+    elif args.command == "plot":
+        from metajax import plots
+
+        plots.run(args)
+        return 0
     elif args.command == "bench":
         from metajax import bench
 
