@@ -104,3 +104,13 @@ def test_lifelong_on_fashion_mnist(tmp_path, data_root):
     result = continual_cli.run(args)
     assert result["schedule"]["steps"] == 12 and (tmp_path / "R_ewc.png").is_file()
     assert 0.0 <= result["learners"]["oml"]["online_accuracy"] <= 1.0
+
+
+def test_sine_stream_defaults_stay_finite(tmp_path):
+    from metajax import cli
+
+    argv = ["continual", "--stream", "sine", "--learners", "ewc", "lamaml", "--tasks", "3", "--train-per-task", "50",
+            "--test-per-task", "20", "--out", str(tmp_path)]  # fmt: skip
+    assert cli.main(argv) == 0
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["config"]["lr"] == 0.003 and metrics["config"]["ewc_strength"] == 1.0
