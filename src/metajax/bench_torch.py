@@ -93,7 +93,7 @@ def make_step(config: dict, batch):
             params = conv4_params(None)
             return _protonet_step(params, config["ways"], (sx, sy, qx, qy), impl)
     optimizer = torch.optim.Adam(params, lr=1e-3)
-    steps, tasks = config["inner_steps"], sx.shape[0]
+    steps = config["inner_steps"]
 
     def task_loss(p, sx, sy, qx, qy):
         for _ in range(steps):
@@ -106,27 +106,7 @@ def make_step(config: dict, batch):
             p = [pi - lr * gi for pi, gi in zip(p, g, strict=True)]
         return loss_fn(net(p, qx), qy)
 
-    if impl == "torch-loop":
-
-        def step():
-            optimizer.zero_grad()
-            for t in range(tasks):
-                (task_loss(params, sx[t], sy[t], qx[t], qy[t]) / tasks).backward()
-            optimizer.step()
-
-        return step
-
-    def batch_loss(p):
-        return vmap(task_loss, in_dims=(None, 0, 0, 0, 0), randomness="same")(p, sx, sy, qx, qy).mean()
-
-    def step():
-        detached = [p.detach() for p in params]
-        grads = grad(batch_loss)(detached)
-        for p, g in zip(params, grads, strict=True):
-            p.grad = g
-        optimizer.step()
-
-    return step
+    return _outer_step(task_loss, params, (sx, sy, qx, qy), optimizer, impl)
 
 
 def _protonet_step(params, ways: int, data, impl: str):
@@ -140,6 +120,12 @@ def _protonet_step(params, ways: int, data, impl: str):
         logits = -((queries[:, None, :] - prototypes[None]) ** 2).sum(-1)
         return F.cross_entropy(logits, qy)
 
+    return _outer_step(task_loss, params, data, optimizer, impl)
+
+
+def _outer_step(task_loss, params, data, optimizer, impl: str):
+    """One Adam step on the mean of ``task_loss`` over the tasks: a Python loop or ``torch.func.vmap``."""
+    sx, sy, qx, qy = data
     tasks = sx.shape[0]
     if impl == "torch-loop":
 
