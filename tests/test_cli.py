@@ -153,3 +153,23 @@ def test_eval_reproduces_the_runs_evaluation_from_its_checkpoint(tmp_path):
     np.testing.assert_allclose(evaluated["eval"]["mse"]["mean"], trained["mse"]["mean"], rtol=1e-6)
     with pytest.raises(SystemExit, match="holds no checkpoints/ folder"):
         cli.main(["eval", str(tmp_path)])
+
+
+def test_tensorboard_events_hold_the_logged_scalars(tmp_path):
+    from tensorboardX.proto import event_pb2
+
+    out = tmp_path / "run"
+    argv = ["train", "--steps", "20", "--steps-per-call", "10", "--log-every", "10", "--meta-batch", "2",
+            "--eval-tasks", "2", "--eval-steps", "1", "--tensorboard", "--out", str(out), "--no-progress"]  # fmt: skip
+    assert cli.main(argv) == 0
+    (events,) = (out / "tensorboard").glob("events.out.tfevents.*")
+    raw, scalars = events.read_bytes(), {}
+    while raw:  # TFRecord: uint64 length, uint32 crc, payload, uint32 crc
+        length = int.from_bytes(raw[:8], "little")
+        event = event_pb2.Event.FromString(raw[12 : 12 + length])
+        raw = raw[16 + length :]
+        for value in event.summary.value:
+            scalars.setdefault(value.tag, []).append((event.step, value.simple_value))
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [s for s, _ in scalars["train/loss"]] == [10, 20]
+    np.testing.assert_allclose([v for _, v in scalars["train/loss"]], [e["loss"] for e in log], rtol=1e-6)

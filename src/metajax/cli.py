@@ -79,6 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument(
         "--resume", type=Path, default=None, help="continue the run whose --out was DIR from its newest checkpoint"
     )
+    t.add_argument("--tensorboard", action="store_true", help="also write TensorBoard events to OUT/tensorboard")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
     continual_cli.add_parser(sub)
     bench.add_parser(sub)
@@ -261,7 +262,9 @@ def train_command(args: argparse.Namespace) -> dict:
         from metajax.checkpoint import Checkpointer
 
         checkpointer = Checkpointer(args.out / "checkpoints", every=checkpoint_every)
-    log_file = _JsonLines(args.out / "log.jsonl", log)
+    log_file = _JsonLines(
+        args.out / "log.jsonl", log, tensorboard=args.out / "tensorboard" if args.tensorboard else None
+    )
     start_step, t0 = int(state.step), time.perf_counter()
     state, history = train(
         learner,
@@ -281,6 +284,7 @@ def train_command(args: argparse.Namespace) -> dict:
         max_seconds=None if args.time_limit is None else 60 * args.time_limit,
     )
     train_seconds = time.perf_counter() - t0
+    log_file.close()
     eval_summary = _evaluate(run, state.params, k_eval, args.eval_tasks)
     history = log + history
     result = {
@@ -359,17 +363,39 @@ def _resume(run_dir: Path, like):
 
 
 class _JsonLines:
-    """``log.jsonl``: one JSON object per logged interval, starting from ``entries`` (a resumed run's)."""
+    """``log.jsonl``: one JSON object per logged interval, starting from ``entries`` (a resumed run's).
 
-    def __init__(self, path: Path, entries: list[dict]):
+    With ``tensorboard`` (a folder), every entry's numbers are also TensorBoard scalars
+    (through ``tensorboardX``, the ``tensorboard`` extra).
+    """
+
+    def __init__(self, path: Path, entries: list[dict], tensorboard: Path | None = None):
         self.path = path
         tmp = path.with_suffix(".tmp")
         tmp.write_text("".join(json.dumps(e) + "\n" for e in entries))
         os.replace(tmp, path)
+        self.writer = None
+        if tensorboard is not None:
+            try:
+                from tensorboardX import SummaryWriter
+            except ImportError as error:
+                raise SystemExit(
+                    'metajax train: --tensorboard needs tensorboardX: pip install "metajax[tensorboard]".'
+                ) from error
+            self.writer = SummaryWriter(str(tensorboard))
 
     def append(self, entry: dict) -> None:
         with self.path.open("a") as f:
             f.write(json.dumps(entry) + "\n")
+        if self.writer is not None:
+            for name, value in entry.items():
+                if name != "step":
+                    self.writer.add_scalar(f"train/{name}", value, entry["step"])
+            self.writer.flush()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
 
 
 def _write_json_atomic(path: Path, obj: dict) -> None:
