@@ -168,3 +168,25 @@ def test_plot_subcommand(run_dir, tmp_path, capsys):
     assert f"wrote {written[0]}" in capsys.readouterr().out
     with pytest.raises(SystemExit, match=f"metajax plot: .*{tmp_path / 'metrics.json'}"):
         plots.run(_parse(["plot", str(tmp_path)]))
+
+
+def test_benchmark_plot_from_bench_records(tmp_path):
+    from metajax import cli
+
+    records = [
+        {"kind": "machine", "device": "cpu", "processor": "x86_64", "cpu_count": 2, "jax": "0", "load_avg": [1.0]}
+    ]
+    for impl, speed in (("jax", 100.0), ("torch-loop", 10.0)):
+        records.append({"kind": "result", "workload": "maml-sinusoid", "meta_batch": 25, "inner_steps": 1, "ways": 1,
+                        "order": "second", "impl": impl, "task_batching": "vmap", "conv_impl": "none",
+                        "tasks_per_s": speed})  # fmt: skip
+    file = tmp_path / "bench.jsonl"
+    file.write_text("".join(json.dumps(r) + "\n" for r in records))
+    fig = plots.plot_benchmark(file)
+    (ax,) = fig.axes
+    assert sorted(p.get_width() for p in ax.patches) == [10.0, 100.0]
+    assert "cpu (x86_64, 2 cores)" in ax.get_title()
+    assert cli.main(["plot", str(file)]) == 0
+    assert (tmp_path / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(ValueError, match="no result lines"):
+        plots.plot_benchmark(records[:1])

@@ -368,10 +368,60 @@ def plot_run(out_dir: str | os.PathLike, out: str | os.PathLike | None = None) -
     return written
 
 
+def plot_benchmark(records: str | os.PathLike | Sequence[Mapping], path: str | os.PathLike | None = None):
+    """Tasks/s of every measured configuration of a ``metajax bench`` run, one bar each (log scale).
+
+    Bars are grouped by workload (and meta-batch, inner steps, ways, order); JAX
+    configurations are labelled ``task batching / conv impl``, PyTorch ones by reference.
+    The machine's CPU or device and the load average go into the title.
+
+    Args:
+        records: the JSON lines written by ``metajax bench --out FILE`` (a path), or their dicts.
+        path: where to save the PNG, or ``None``.
+
+    Returns:
+        The ``matplotlib.figure.Figure``.
+
+    Example:
+        >>> plot_benchmark("bench.jsonl", "bench.png")  # doctest: +SKIP
+    """
+    if isinstance(records, str | os.PathLike):
+        file = Path(records)
+        if not file.is_file():
+            raise FileNotFoundError(f"No benchmark records at {file}; write them with metajax bench --out FILE.")
+        records = [json.loads(line) for line in file.read_text().splitlines() if line.strip()]
+    results = [r for r in records if r.get("kind") == "result"]
+    if not results:
+        raise ValueError("The benchmark records hold no result lines (kind 'result').")
+    machine = next((r for r in records if r.get("kind") == "machine"), {})
+
+    def label(r):
+        impl = f"{r.get('task_batching')}/{r.get('conv_impl')}" if r["impl"] == "jax" else r["impl"]
+        shape = f"{r['workload']} B={r['meta_batch']} S={r['inner_steps']} N={r['ways']} {r['order']}"
+        return f"{shape} | {impl}"
+
+    results = sorted(results, key=label)
+    fig = _new_figure(9.0, 0.35 * len(results) + 1.5)
+    ax = fig.add_subplot()
+    colors = ["tab:blue" if r["impl"] == "jax" else "tab:gray" for r in results]
+    ax.barh(range(len(results)), [r["tasks_per_s"] for r in results], color=colors)
+    ax.set_yticks(range(len(results)), [label(r) for r in results], fontsize=7)
+    ax.set_xscale("log")
+    ax.set_xlabel("tasks / s (median step after warm-up)")
+    where = f"{machine.get('device', '?')} ({machine.get('processor', '?')}, {machine.get('cpu_count', '?')} cores)"
+    load = machine.get("load_avg")
+    load_text = f", load {load[0]:.1f}" if load else ""
+    ax.set_title(f"metajax bench on {where}, jax {machine.get('jax', '?')}{load_text}", fontsize=9)
+    ax.invert_yaxis()
+    return _finish(fig, path)
+
+
 def add_parser(subparsers) -> argparse.ArgumentParser:
     """Register ``metajax plot DIR [--out FOLDER]`` on an ``argparse`` subparsers object."""
     p = subparsers.add_parser("plot", help="write the figures (PNG) of a train or continual run folder")
-    p.add_argument("run", type=Path, metavar="DIR", help="the --out folder of a metajax train or continual run")
+    p.add_argument(
+        "run", type=Path, metavar="DIR", help="the --out folder of a train or continual run, or a bench .jsonl file"
+    )
     p.add_argument(
         "--out", type=Path, default=None, metavar="FOLDER", help="folder for the PNGs (default: the run folder)"
     )
@@ -381,7 +431,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> list[Path]:
     """Run ``metajax plot``: write the PNGs, print their paths; bad input exits with the reason."""
     try:
-        written = plot_run(args.run, args.out)
+        if args.run.suffix == ".jsonl":
+            target = Path(args.out or args.run.parent) / (args.run.stem + ".png")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            plot_benchmark(args.run, target)
+            written = [target]
+        else:
+            written = plot_run(args.run, args.out)
     except (FileNotFoundError, ValueError) as error:
         raise SystemExit(f"metajax plot: {error}") from error
     for path in written:
