@@ -4,20 +4,12 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 
 import metajax
+from helpers import Flatten, held_out_loss_before_after, separable_vectors
 from metajax import models
 from metajax.algorithms import ProtoNet
-
-
-class Flatten(nn.Module):
-    """A parameter-free embedding: the inputs themselves, flattened."""
-
-    @nn.compact
-    def __call__(self, x):
-        return x.reshape(x.shape[0], -1)
 
 
 def tiny_episode():
@@ -122,21 +114,6 @@ def separable_images(key, num_tasks, ways=3, shots=2, queries=3):
     return jax.vmap(one)(jax.random.split(key, num_tasks))
 
 
-def separable_vectors(key, num_tasks, ways=3, shots=2, queries=3, dim=8):
-    """Batched tasks in which only the first 2 of ``dim`` features tell the classes apart."""
-
-    def one(key):
-        k_centers, k_perm, k_support, k_query = jax.random.split(key, 4)
-        centers = jnp.zeros((ways, dim)).at[:, :2].set(2.0 * jax.random.normal(k_centers, (ways, 2)))
-        sy = jax.random.permutation(k_perm, jnp.repeat(jnp.arange(ways, dtype=jnp.int32), shots))
-        qy = jnp.repeat(jnp.arange(ways, dtype=jnp.int32), queries)
-        sx = centers[sy] + jax.random.normal(k_support, (ways * shots, dim))
-        qx = centers[qy] + jax.random.normal(k_query, (ways * queries, dim))
-        return metajax.Episode(sx, sy, qx, qy)
-
-    return jax.vmap(one)(jax.random.split(key, num_tasks))
-
-
 def test_jit_vmap_over_three_tasks_matches_per_task_loop():
     learner = ProtoNet(models.Conv4(filters=8), ways=3, distance="cosine", temperature=5.0)
     episodes = separable_images(jax.random.key(0), 3)
@@ -154,25 +131,7 @@ def test_jit_vmap_over_three_tasks_matches_per_task_loop():
 
 def test_adam_steps_lower_the_loss():
     learner = ProtoNet(models.MLP(hidden=(32,), out=16), ways=3)
-    held_out = separable_vectors(jax.random.key(0), 16)
-    params = learner.init(jax.random.key(1), jax.tree.map(lambda a: a[0], held_out))
-    optimizer = optax.adam(1e-2)
-    opt_state = optimizer.init(params)
-
-    def batch_loss(params, episodes):
-        keys = jax.random.split(jax.random.key(0), episodes.query_y.shape[0])
-        return jnp.mean(jax.vmap(learner.loss, in_axes=(None, 0, 0))(params, episodes, keys)[0])
-
-    @jax.jit
-    def step(params, opt_state, key):
-        grads = jax.grad(batch_loss)(params, separable_vectors(key, 8))
-        updates, opt_state = optimizer.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state
-
-    before = jax.jit(batch_loss)(params, held_out)
-    for key in jax.random.split(jax.random.key(2), 20):
-        params, opt_state = step(params, opt_state, key)
-    after = jax.jit(batch_loss)(params, held_out)
+    before, after = held_out_loss_before_after(learner, steps=20)
     assert after < 0.6 * before, (before, after)
 
 
