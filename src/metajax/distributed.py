@@ -38,10 +38,10 @@ import optax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from metajax._checks import check_choice, check_positive_int
+from metajax._checks import check_positive_int
 from metajax._tree import partition
 from metajax.tasks.base import TaskDistribution
-from metajax.training import TASK_BATCHING, TrainState, batch_value_and_grad
+from metajax.training import TrainState, batch_value_and_grad, meta_step
 
 TASK_AXIS = "tasks"
 
@@ -95,7 +95,6 @@ def sharded_meta_step(
     which every device applies to its replica of the parameters.
     """
     check_positive_int("meta_batch", meta_batch)
-    check_choice("task_batching", task_batching, TASK_BATCHING)
     devices = mesh.shape[axis_name]
     if meta_batch % devices:
         raise ValueError(
@@ -109,24 +108,15 @@ def sharded_meta_step(
         # is a psum), which would mix the tasks of all devices into every inner step.
         params = jax.lax.pcast(params, axis_name, to="varying")
         keys = jax.random.wrap_key_data(keys)
-        loss_metrics, grads = batch_value_and_grad(learner, params, episodes, keys, task_batching)
-        loss, metrics = loss_metrics
         # Equal shares, so the mean of the devices' means is the mean over all tasks.
-        return jax.lax.pmean((loss, metrics, grads), axis_name)
+        return jax.lax.pmean(batch_value_and_grad(learner, params, episodes, keys, task_batching), axis_name)
 
     sharded = jax.shard_map(local, mesh=mesh, in_specs=(P(), P(axis_name), P(axis_name)), out_specs=P())
 
-    def step(state: TrainState) -> tuple[TrainState, dict]:
-        key, k_tasks, k_loss = jax.random.split(jax.random.wrap_key_data(state.key), 3)
-        episodes = task.sample(k_tasks, meta_batch)
-        keys = jax.random.key_data(jax.random.split(k_loss, meta_batch))
-        loss, metrics, grads = sharded(state.params, episodes, keys)
-        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        new = TrainState(state.step + 1, params, opt_state, jax.random.key_data(key))
-        return new, {"loss": loss, **metrics}
+    def value_and_grad(params, episodes, keys):
+        return sharded(params, episodes, jax.random.key_data(keys))  # raw keys split over the task axis
 
-    return step
+    return meta_step(learner, task, optimizer, meta_batch, task_batching, value_and_grad=value_and_grad)
 
 
 def make_sharded_train_step(

@@ -129,6 +129,8 @@ def meta_step(
     optimizer: optax.GradientTransformation,
     meta_batch: int,
     task_batching: str = "vmap",
+    *,
+    value_and_grad: Callable | None = None,
 ) -> Callable[[TrainState], tuple[TrainState, dict]]:
     """The un-jitted meta-step ``state -> (state, metrics)``.
 
@@ -136,15 +138,23 @@ def meta_step(
     task (``vmap`` over tasks, or ``lax.map`` with ``task_batching="map"``), averages,
     differentiates and applies one ``optimizer`` update. ``metrics`` holds the mean
     ``loss`` and the mean of every metric the learner returns.
+
+    ``value_and_grad(params, episodes, keys) -> ((loss, metrics), grads)`` replaces
+    :func:`batch_value_and_grad` for the batch (the sharded step of
+    :mod:`metajax.distributed` passes one that splits the tasks over devices).
     """
     check_positive_int("meta_batch", meta_batch)
     check_choice("task_batching", task_batching, TASK_BATCHING)
+    if value_and_grad is None:
+
+        def value_and_grad(params, episodes, keys):
+            return batch_value_and_grad(learner, params, episodes, keys, task_batching)
 
     def step(state: TrainState) -> tuple[TrainState, dict]:
         key, k_tasks, k_loss = jax.random.split(jax.random.wrap_key_data(state.key), 3)
         episodes = task.sample(k_tasks, meta_batch)
         keys = jax.random.split(k_loss, meta_batch)
-        (loss, metrics), grads = batch_value_and_grad(learner, state.params, episodes, keys, task_batching)
+        (loss, metrics), grads = value_and_grad(state.params, episodes, keys)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         new = TrainState(state.step + 1, params, opt_state, jax.random.key_data(key))
