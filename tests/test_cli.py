@@ -8,33 +8,16 @@ import pytest
 from metajax import cli
 
 
+def tiny_sinusoid_run(out, algo: str, evaluation: str) -> list[str]:
+    """``metajax train`` arguments of a 20-step sinusoid run of ``algo`` writing to ``out``."""
+    run = f"train --algo {algo} --shots 5 --meta-batch 4 --steps 20 --steps-per-call 10 --log-every 10 {evaluation}"
+    return [*run.split(), "--out", str(out), "--no-progress"]
+
+
 @pytest.mark.parametrize("algo", cli.GRADIENT_ALGORITHMS)
 def test_train_writes_metrics(tmp_path, algo):
     out = tmp_path / algo
-    code = cli.main(
-        [
-            "train",
-            "--algo",
-            algo,
-            "--shots",
-            "5",
-            "--meta-batch",
-            "4",
-            "--steps",
-            "20",
-            "--steps-per-call",
-            "10",
-            "--log-every",
-            "10",
-            "--eval-tasks",
-            "20",
-            "--eval-steps",
-            "3",
-            "--out",
-            str(out),
-            "--no-progress",
-        ]
-    )
+    code = cli.main(tiny_sinusoid_run(out, algo, "--eval-tasks 20 --eval-steps 3"))
     assert code == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["config"]["algo"] == algo and metrics["config"]["shots"] == 5
@@ -123,28 +106,7 @@ def test_resnet12_backbone_is_built(tmp_path):
 
 def test_eval_reproduces_the_runs_evaluation_from_its_checkpoint(tmp_path):
     out = tmp_path / "run"
-    argv = [
-        "train",
-        "--algo",
-        "maml",
-        "--shots",
-        "5",
-        "--meta-batch",
-        "4",
-        "--steps",
-        "20",
-        "--steps-per-call",
-        "10",
-        "--log-every",
-        "10",
-        "--eval-tasks",
-        "8",
-        "--eval-steps",
-        "2",
-        "--out",
-        str(out),
-        "--no-progress",
-    ]
+    argv = tiny_sinusoid_run(out, "maml", "--eval-tasks 8 --eval-steps 2")
     assert cli.main(argv) == 0
     assert cli.main(["eval", str(out), "--eval-tasks", "8"]) == 0
     trained = json.loads((out / "metrics.json").read_text())["eval"]
@@ -159,9 +121,7 @@ def test_tensorboard_events_hold_the_logged_scalars(tmp_path):
     from tensorboardX.proto import event_pb2
 
     out = tmp_path / "run"
-    argv = ["train", "--steps", "20", "--steps-per-call", "10", "--log-every", "10", "--meta-batch", "2",
-            "--eval-tasks", "2", "--eval-steps", "1", "--tensorboard", "--out", str(out), "--no-progress"]  # fmt: skip
-    assert cli.main(argv) == 0
+    assert cli.main(tiny_sinusoid_run(out, "maml", "--eval-tasks 2 --eval-steps 1 --tensorboard")) == 0
     (events,) = (out / "tensorboard").glob("events.out.tfevents.*")
     raw, scalars = events.read_bytes(), {}
     while raw:  # TFRecord: uint64 length, uint32 crc, payload, uint32 crc
