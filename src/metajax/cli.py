@@ -330,11 +330,10 @@ def eval_command(args: argparse.Namespace) -> dict:
             train_args.eval_steps = args.eval_steps
         if args.data_root is not None:
             train_args.data_root = args.data_root
-        run = _prepare(train_args)
-        like = init_state(run.learner, run.train_task, run.optimizer, jax.random.key(0))
-        state, _ = checkpointer.restore(like, step)
     finally:
         checkpointer.close()
+    run = _prepare(train_args)
+    state = _restore_newest(args.run, init_state(run.learner, run.train_task, run.optimizer, jax.random.key(0)), "eval")
     seed = train_args.seed if args.seed is None else args.seed
     result = {
         "config": {**record, "eval_tasks": args.eval_tasks, "eval_steps": run.eval_steps, "seed": seed},
@@ -346,17 +345,22 @@ def eval_command(args: argparse.Namespace) -> dict:
     return result
 
 
-def _resume(run_dir: Path, like):
-    """The newest readable checkpoint of ``run_dir`` and the log entries up to its step."""
+def _restore_newest(run_dir: Path, like, command: str):
+    """The newest readable checkpoint of the run ``run_dir``, shaped like ``like``; bad ones exit with the reason."""
     from metajax.checkpoint import Checkpointer
 
     checkpointer = Checkpointer(run_dir / "checkpoints", every=1)
     try:
-        state, _ = checkpointer.restore(like)
+        return checkpointer.restore(like)[0]
     except (FileNotFoundError, ValueError) as error:
-        raise SystemExit(f"metajax train: cannot resume from {run_dir}: {error}") from error
+        raise SystemExit(f"metajax {command}: cannot restore from {run_dir}: {error}") from error
     finally:
         checkpointer.close()
+
+
+def _resume(run_dir: Path, like):
+    """The newest readable checkpoint of ``run_dir`` and the log entries up to its step."""
+    state = _restore_newest(run_dir, like, "train")
     log_path = run_dir / "log.jsonl"
     entries = [json.loads(line) for line in log_path.read_text().splitlines()] if log_path.is_file() else []
     return state, [e for e in entries if e["step"] <= int(state.step)]
