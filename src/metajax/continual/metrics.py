@@ -67,12 +67,7 @@ def backward_transfer(R, *, average: str = "T-1") -> float:
         The backward transfer; 0.0 for a single task.
     """
     R = check_accuracy_matrix(R)
-    check_choice("average", average, ("T-1", "T"))
-    T = R.shape[1]
-    if T == 1:
-        return 0.0
-    total = sum(R[T, j] - R[j + 1, j] for j in range(T - 1))
-    return float(total / (T - 1 if average == "T-1" else T))
+    return _mean_transfer(R[-1, :-1] - np.diag(R[1:])[:-1], average)
 
 
 def forward_transfer(R, *, average: str = "T-1") -> float:
@@ -88,19 +83,21 @@ def forward_transfer(R, *, average: str = "T-1") -> float:
         The forward transfer; 0.0 for a single task.
     """
     R = check_accuracy_matrix(R)
+    return _mean_transfer(np.diag(R)[1:] - R[0, 1:], average)
+
+
+def _mean_transfer(terms: np.ndarray, average: str) -> float:
+    """The ``T - 1`` per-task transfers ``terms`` summed and divided by ``T - 1`` or ``T``; 0.0 if ``T == 1``."""
     check_choice("average", average, ("T-1", "T"))
-    T = R.shape[1]
-    if T == 1:
+    if terms.size == 0:
         return 0.0
-    total = sum(R[j, j] - R[0, j] for j in range(1, T))
-    return float(total / (T - 1 if average == "T-1" else T))
+    return float(terms.sum() / (terms.size if average == "T-1" else terms.size + 1))
 
 
 def learning_accuracy(R) -> float:
     """LA: ``1/T sum_j R[j, j]`` (1-indexed), accuracy on each task right after learning it."""
     R = check_accuracy_matrix(R)
-    T = R.shape[1]
-    return float(np.mean([R[j + 1, j] for j in range(T)]))
+    return float(np.diag(R[1:]).mean())
 
 
 def forgetting(R) -> float:
