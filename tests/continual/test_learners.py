@@ -134,6 +134,28 @@ def test_oml_meta_training_with_the_core_trainer():
     assert np.isfinite(loss) and "accuracy" in metrics
 
 
+def test_oml_online_learning_with_an_optax_optimizer_is_one_update_per_example():
+    oml = C.OML(models.MLP(hidden=(8,), out=None), nn.Dense(4))
+    x = jax.random.normal(jax.random.key(0), (5, 3))
+    y = jnp.array([0, 1, 2, 3, 0])
+    params = oml.init_params(jax.random.key(1), x)
+    fresh = oml.reinit_head(jax.random.key(2), params, x)
+    assert fresh["representation"] is params["representation"]
+    assert jax.tree.map(jnp.shape, fresh["head"]) == jax.tree.map(jnp.shape, params["head"])
+    assert not np.allclose(fresh["head"]["kernel"], params["head"]["kernel"])
+
+    adam = optax.adam(1e-2)
+    learned = oml.learn_online(fresh, x, y, optimizer=adam)
+    head, state = fresh["head"], adam.init(fresh["head"])
+    for i in range(5):  # the same updates, one example at a time, by hand
+        loss = lambda h, i=i: oml.objective(oml.predict({**fresh, "head": h}, x[i : i + 1]), y[i : i + 1])[0]
+        updates, state = adam.update(jax.grad(loss)(head), state, head)
+        head = optax.apply_updates(head, updates)
+    np.testing.assert_allclose(learned["head"]["kernel"], head["kernel"], rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="learn_online takes lr or optimizer, not both"):
+        oml.learn_online(fresh, x, y, 0.1, optimizer=adam)
+
+
 def test_bad_learner_config_is_named():
     with pytest.raises(ValueError, match="lr must be a positive number, got -1"):
         C.Finetune(models.MLP(), lr=-1)

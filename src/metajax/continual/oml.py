@@ -15,10 +15,11 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import optax
 
 from metajax import losses
 from metajax._checks import check_positive
-from metajax.continual.base import StreamBatch, apply_model, sgd
+from metajax.continual.base import StreamBatch, apply_model
 from metajax.episode import Episode
 
 
@@ -192,41 +193,66 @@ class OML:
         if self.reset:
             head = reset_outputs(head, episode.support_y)
         traj_features = self.features(params["representation"], episode.support_x)
-        adapted = self.learn_features(head, traj_features, episode.support_y, self.inner_lr)
+        adapted = self.learn_features(head, traj_features, episode.support_y, optax.sgd(self.inner_lr))
         feats = self.features(params["representation"], x)
         loss, metrics = self.objective(apply_model(self.head, adapted, feats), y)
         _, before = self.objective(apply_model(self.head, head, feats), y)
         return loss, {**metrics, **{f"{k}_before": v for k, v in before.items()}}
 
-    def learn_features(self, head: Any, features: jax.Array, y: jax.Array, lr) -> Any:
-        """The head after SGD on ``(features[i], y[i])`` one example at a time, in order (a ``lax.scan``)."""
+    def learn_features(self, head: Any, features: jax.Array, y: jax.Array, optimizer: optax.GradientTransformation):
+        """The head after one ``optimizer`` update per example ``(features[i], y[i])``, in order (a ``lax.scan``)."""
 
-        def step(h, fy):
+        def step(carry, fy):
+            h, state = carry
             f, t = fy
             g = jax.grad(lambda q: self.objective(apply_model(self.head, q, f[None]), t[None])[0])(h)
-            return sgd(h, g, lr), None
+            updates, state = optimizer.update(g, state, h)
+            return (optax.apply_updates(h, updates), state), None
 
-        return jax.lax.scan(step, head, (features, y))[0]
+        return jax.lax.scan(step, (head, optimizer.init(head)), (features, y))[0][0]
 
-    def learn_online(self, params: dict, x: jax.Array, y: jax.Array, lr: float | None = None) -> dict:
+    def learn_online(
+        self,
+        params: dict,
+        x: jax.Array,
+        y: jax.Array,
+        lr: float | None = None,
+        *,
+        optimizer: optax.GradientTransformation | None = None,
+    ) -> dict:
         """OML's meta-test: learn ``(x, y)`` in one pass, one example at a time, head only.
 
         The representation's features are computed once (it is frozen), so this is a scan
-        of head updates. Use :func:`reset_outputs` first to start the head's outputs from
-        zero, as in OML's evaluation.
+        of head updates. Start the head as OML's evaluations do: :func:`reset_outputs`
+        zeroes the output layer; :meth:`reinit_head` re-draws the whole head (the original
+        code's evaluation, which then learns with Adam).
 
         Args:
             params: ``{"representation", "head"}``.
             x: ``[N, ...]`` in presentation order.
             y: ``[N, ...]``.
-            lr: step size; ``None`` for ``online_lr`` (or ``inner_lr``).
+            lr: SGD step size; ``None`` for ``online_lr`` (or ``inner_lr``).
+            optimizer: an Optax transformation to use instead of SGD (e.g. ``optax.adam(1e-3)``;
+                its state starts fresh); give ``lr`` or ``optimizer``, not both.
 
         Returns:
             Parameters with the learned head.
         """
-        lr = self._online_lr() if lr is None else lr
-        head = self.learn_features(params["head"], self.features(params["representation"], x), y, lr)
+        if optimizer is not None and lr is not None:
+            raise ValueError(f"learn_online takes lr or optimizer, not both; got lr={lr} and an optimizer.")
+        if optimizer is None:
+            optimizer = optax.sgd(self._online_lr() if lr is None else lr)
+        head = self.learn_features(params["head"], self.features(params["representation"], x), y, optimizer)
         return {**params, "head": head}
+
+    def reinit_head(self, key: jax.Array, params: dict, x: jax.Array) -> dict:
+        """``params`` with the head re-drawn from its initialisers, shaped by inputs ``x [B, ...]``.
+
+        The original OML code evaluates this way: the meta-learned representation is kept
+        and the whole prediction network is re-initialised before learning online.
+        """
+        features = self.features(params["representation"], x[:1])
+        return {**params, "head": self.head.init(key, features)["params"]}
 
     def predict(self, params: dict, x: jax.Array) -> jax.Array:
         """Outputs of the network with ``params`` for ``x [B, ...]``."""
