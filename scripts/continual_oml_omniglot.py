@@ -4,11 +4,18 @@ Meta-train OML's representation on Lake's background characters (trajectories of
 class learned one image at a time, plus a remember set), and, side by side, the same
 network pretrained by plain supervised learning on the same characters for the same
 number of steps (the paper's "pretraining" baseline). Then, for each number of new
-classes (evaluation characters), reset the output layer and learn the classes in one
-pass, one image at a time, class after class, 15 training images per class, head only;
-report accuracy on the 5 held-out test images of every class learned. The online step
-size is chosen per method from a small grid by accuracy on the training images (no test
-data), as OML's evaluation does. Prints JSON.
+classes (evaluation characters), learn the classes in one pass, one image at a time,
+class after class, 15 training images per class, head only, and report accuracy on the
+5 held-out test images of every class learned. Two meta-test protocols, both applied to
+both networks:
+
+* ``reinit-adam`` (the original code's evaluation): the whole prediction head is
+  re-initialised, then learned online with Adam;
+* ``zero-sgd``: the trained head is kept with its output layer zeroed, then learned
+  online with SGD.
+
+The online step size is chosen per network and protocol from a grid by accuracy on the
+training images (no test data), as OML's evaluation does. Prints JSON.
 
     nice -n 19 python scripts/continual_oml_omniglot.py --budget small
 """
@@ -17,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 
 import flax.linen as nn
 import jax
@@ -26,25 +32,31 @@ import numpy as np
 import optax
 
 import metajax
+from _oml import search_step_size, train_both
 from metajax import continual as C
 from metajax.cli import machine
 from metajax.datasets import load_omniglot
 from metajax.evaluation import confidence_interval
 
 BUDGETS = {
-    "small": dict(steps=1000, filters=32, runs=10),
+    "small": dict(steps=2000, filters=64, runs=10),
     "paper": dict(steps=20000, filters=256, runs=50),
 }
-LRS = (0.1, 0.03, 0.01, 0.003, 0.001, 0.0003)
+# meta-test protocol -> (how the head starts, online optimizer, step-size grid)
+PROTOCOLS = {
+    "reinit-adam": ("whole head re-initialised", "Adam", (0.03, 0.01, 0.003, 0.001, 0.0003, 0.0001, 0.00003)),
+    "zero-sgd": ("trained head, output layer zeroed", "SGD", (0.1, 0.03, 0.01, 0.003, 0.001, 0.0003, 0.0001)),
+}
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--budget", choices=BUDGETS, default="small")
     p.add_argument("--steps", type=int, default=None, help="meta-training steps (default: by budget)")
-    p.add_argument("--filters", type=int, default=None, help="channels of the 4 conv layers")
+    p.add_argument("--filters", type=int, default=None, help="channels of the 4 conv layers (default: by budget)")
+    p.add_argument("--hidden", type=int, default=0, help="hidden units of a 2-layer head (0: one Dense layer)")
     p.add_argument("--runs", type=int, default=None, help="random class draws per number of classes")
-    p.add_argument("--classes", type=int, nargs="+", default=[10, 50])
+    p.add_argument("--classes", type=int, nargs="+", default=[10, 50, 100, 200])
     p.add_argument("--trajectory", type=int, default=10, help="images of the trajectory's class (inner steps)")
     p.add_argument("--remember", type=int, default=15, help="remember-set size")
     p.add_argument("--inner-lr", type=float, default=0.03)
@@ -62,7 +74,7 @@ def main() -> None:
     background = load_omniglot("background", root=args.data_root).images  # [964, 20, 28, 28, 1]
     evaluation = load_omniglot("evaluation", root=args.data_root).images  # [659, 20, 28, 28, 1]
     rep = C.ConvRepresentation(filters=filters, layers=4, strided=4)
-    head = nn.Dense(1000)
+    head = metajax.models.MLP(hidden=(args.hidden,), out=1000) if args.hidden else nn.Dense(1000)
     oml = C.OML(rep, head, inner_lr=args.inner_lr, objective=metajax.losses.cross_entropy, reset=True)
     pre = C.OML(rep, head, inner_lr=args.inner_lr, objective=metajax.losses.cross_entropy, meta=False)
     trajectories = C.Trajectories(jnp.asarray(background), None, tasks=1, shots=args.trajectory, remember=args.remember)
@@ -71,6 +83,7 @@ def main() -> None:
 
     key = jax.random.key(args.seed)
     k_oml, k_pre, k_eval = jax.random.split(key, 3)
+    grid = PROTOCOLS.items()
     results = {
         "protocol": {
             "meta_train": f"Omniglot background (964 classes, 28x28); trajectory = 1 class x {args.trajectory} images "
@@ -80,53 +93,56 @@ def main() -> None:
             f"{args.remember + args.trajectory} "
             f"background images, Adam {args.meta_lr}, {steps} steps",
             "meta_test": "evaluation characters, 15 train + 5 test images per class, single pass, one image at a time, "
-            "class after class; output layer zeroed; head-only SGD, lr picked from "
-            f"{list(LRS)} by training accuracy; test accuracy over all classes learned",
-            "network": f"RLN: 4 conv 3x3 x {filters} stride 2, ReLU, no norm; PLN: Dense(1000)",
+            "class after class, head only; test accuracy over all classes learned; per protocol: "
+            + "; ".join(f"{k}: {start}, {opt}, lr from {list(g)} by training accuracy" for k, (start, opt, g) in grid),
+            "network": f"RLN: 4 conv 3x3 x {filters} stride 2, ReLU, no norm; PLN: "
+            + (f"Dense({args.hidden}) ReLU + Dense(1000)" if args.hidden else "Dense(1000)"),
             "runs": runs,
         }
     }
-    trained = {}
-    for name, learner, task, k in (("oml", oml, trajectories, k_oml), ("pretrained", pre, iid, k_pre)):
-        t0 = time.perf_counter()
-        state, history = metajax.train(
-            learner,
-            task,
-            optax.adam(args.meta_lr),
-            key=k,
-            num_steps=steps,
-            meta_batch=1,
-            steps_per_call=50,
-            log_every=max(steps // 5, 50),
-            progress=False,
-        )
-        trained[name] = state.params
-        results[f"train_{name}"] = {"seconds": time.perf_counter() - t0, "curve": history}
+    trained, timings = train_both(
+        {"oml": (oml, trajectories, k_oml), "pretrained": (pre, iid, k_pre)},
+        steps=steps,
+        meta_lr=args.meta_lr,
+        steps_per_call=50,
+    )
+    results.update(timings)
 
     for n in args.classes:
         row = {}
         keys = jax.random.split(jax.random.fold_in(k_eval, n), runs)
         seqs = jax.vmap(lambda k, n=n: C.class_incremental(k, evaluation, num_tasks=1, classes_per_task=n))(keys)
         for name, learner in (("oml", oml), ("pretrained", pre)):
-            params = {**trained[name], "head": C.reset_outputs(trained[name]["head"])}
+            for protocol, (_, _, lrs) in PROTOCOLS.items():
 
-            @jax.jit
-            def one(seq, lr, params=params, learner=learner):
-                learned = learner.learn_online(params, seq.train_x[0], seq.train_y[0], lr)
-                acc = lambda x, y: jnp.mean(jnp.argmax(learner.predict(learned, x), -1) == y)  # noqa: E731
-                return acc(seq.train_x[0], seq.train_y[0]), acc(seq.test_x[0], seq.test_y[0])
+                @jax.jit
+                def run(seqs, keys, lr, params=trained[name], learner=learner, protocol=protocol):
+                    def one(seq_key):
+                        seq, key = seq_key
+                        x, y = seq.train_x[0], seq.train_y[0]
+                        if protocol == "reinit-adam":
+                            start = learner.reinit_head(key, params, x)
+                            learned = learner.learn_online(start, x, y, optimizer=optax.adam(lr))
+                        else:
+                            start = {**params, "head": C.reset_outputs(params["head"])}
+                            learned = learner.learn_online(start, x, y, lr)
+                        acc = lambda x, y: jnp.mean(jnp.argmax(learner.predict(learned, x), -1) == y)  # noqa: E731
+                        return acc(x, y), acc(seq.test_x[0], seq.test_y[0])
 
-            per_lr = {lr: jax.device_get(jax.lax.map(lambda s, lr=lr: one(s, lr), seqs)) for lr in LRS}
-            best = max(LRS, key=lambda lr: np.nan_to_num(per_lr[lr][0].mean(), nan=-1.0))
-            train_acc, test_acc = per_lr[best]
-            mean, ci = confidence_interval(np.asarray(test_acc))
-            row[name] = {
-                "test_accuracy": float(mean),
-                "ci95": float(ci),
-                "train_accuracy": float(np.mean(train_acc)),
-                "lr": best,
-                "test_by_lr": {str(lr): float(np.mean(per_lr[lr][1])) for lr in LRS},
-            }
+                    return jax.lax.map(one, (seqs, keys))
+
+                best, per_lr = search_step_size(
+                    lambda lr, run=run, seqs=seqs, keys=keys: run(seqs, keys, lr), lrs, higher_is_better=True
+                )
+                train_acc, test_acc = per_lr[best]
+                mean, ci = confidence_interval(np.asarray(test_acc))
+                row[f"{name}/{protocol}"] = {
+                    "test_accuracy": float(mean),
+                    "ci95": float(ci),
+                    "train_accuracy": float(np.mean(train_acc)),
+                    "lr": best,
+                    "test_by_lr": {str(lr): float(np.mean(per_lr[lr][1])) for lr in lrs},
+                }
         results[f"classes_{n}"] = row
     results["paper"] = (
         "Javed & White (2019), Fig. 3 (84x84 images, 6x256 conv RLN, 20k+ meta-steps): OML well above "

@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 import metajax
+from _oml import search_step_size, train_both
 from metajax import continual as C
 from metajax.cli import machine
 from metajax.evaluation import confidence_interval
@@ -63,22 +62,13 @@ def main() -> None:
             "network": f"RLN: MLP 4 x {width} ReLU; PLN: {width} ReLU + linear",
         }
     }
-    trained = {}
-    for name, learner, k in (("oml", oml, k_oml), ("pretrained", pre, k_pre)):
-        t0 = time.perf_counter()
-        state, history = metajax.train(
-            learner,
-            task,
-            optax.adam(args.meta_lr),
-            key=k,
-            num_steps=steps,
-            meta_batch=1,
-            steps_per_call=100,
-            log_every=max(steps // 4, 100),
-            progress=False,
-        )
-        trained[name] = state.params
-        results[f"train_{name}"] = {"seconds": time.perf_counter() - t0, "curve": history}
+    trained, timings = train_both(
+        {"oml": (oml, task, k_oml), "pretrained": (pre, task, k_pre)},
+        steps=steps,
+        meta_lr=args.meta_lr,
+        steps_per_call=100,
+    )
+    results.update(timings)
 
     seqs = jax.vmap(
         lambda k: C.incremental_sine(k, num_functions=10, train_per_function=args.shots, test_per_function=50)
@@ -94,8 +84,9 @@ def main() -> None:
             mse = lambda xs, ys: jnp.mean(jnp.square(learner.predict(learned, xs) - ys))  # noqa: E731
             return mse(x, y), jax.vmap(mse)(seq.test_x, seq.test_y)
 
-        per_lr = {lr: jax.device_get(jax.lax.map(lambda s, lr=lr: one(s, lr), seqs)) for lr in LRS}
-        best = min(LRS, key=lambda lr: np.nan_to_num(per_lr[lr][0].mean(), nan=np.inf))  # diverged lrs lose
+        best, per_lr = search_step_size(
+            lambda lr, one=one: jax.lax.map(lambda s: one(s, lr), seqs), LRS, higher_is_better=False
+        )
         per_function = np.asarray(per_lr[best][1])  # [runs, 10]
         mean, ci = confidence_interval(per_function)
         overall, overall_ci = confidence_interval(per_function.mean(1))
