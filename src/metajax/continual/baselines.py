@@ -20,6 +20,26 @@ def _optimizer(lr: float, optimizer: optax.GradientTransformation | None) -> opt
     return optax.sgd(lr) if optimizer is None else optimizer
 
 
+def _descend(opt, loss_fn, params, opt_state, steps: int, key: jax.Array | None = None):
+    """``steps`` ``opt`` updates of ``loss_fn(params, key) -> (objective, metrics)`` in a ``lax.scan``.
+
+    Each step gets its own key split from ``key`` (``None`` when the loss needs none).
+
+    Returns:
+        ``(params, opt_state, metrics)``, the metrics of the last step (taken before it).
+    """
+
+    def step(carry, k):
+        params, opt_state = carry
+        (_, metrics), g = jax.value_and_grad(loss_fn, has_aux=True)(params, k)
+        updates, opt_state = opt.update(g, opt_state, params)
+        return (optax.apply_updates(params, updates), opt_state), metrics
+
+    keys = None if key is None else jax.random.split(key, steps)
+    (params, opt_state), metrics = jax.lax.scan(step, (params, opt_state), keys, length=steps)
+    return params, opt_state, jax.tree.map(lambda a: a[-1], metrics)
+
+
 @dataclasses.dataclass(frozen=True)
 class Finetune:
     """Sequential fine-tuning: ``steps`` optimizer updates on each incoming batch, nothing else.
@@ -68,19 +88,14 @@ class Finetune:
     def update(self, state: dict, batch: StreamBatch, key: jax.Array) -> tuple[dict, dict]:
         """``steps`` updates on ``batch``; metrics of the last one (before it)."""
         del key
+
+        def loss_fn(p, _):
+            loss, metrics = self.objective(apply_model(self.model, p, batch.x), batch.y)
+            return loss, {"loss": loss, **metrics}
+
         opt = _optimizer(self.lr, self.optimizer)
-
-        def loss_fn(p):
-            return self.objective(apply_model(self.model, p, batch.x), batch.y)
-
-        def step(carry, _):
-            params, opt_state = carry
-            (loss, metrics), g = jax.value_and_grad(loss_fn, has_aux=True)(params)
-            updates, opt_state = opt.update(g, opt_state, params)
-            return (optax.apply_updates(params, updates), opt_state), {"loss": loss, **metrics}
-
-        (params, opt_state), metrics = jax.lax.scan(step, (state["params"], state["opt"]), None, length=self.steps)
-        return {"params": params, "opt": opt_state}, jax.tree.map(lambda a: a[-1], metrics)
+        params, opt_state, metrics = _descend(opt, loss_fn, state["params"], state["opt"], self.steps)
+        return {"params": params, "opt": opt_state}, metrics
 
 
 @dataclasses.dataclass(frozen=True)
@@ -162,23 +177,18 @@ class ExperienceReplay:
 
     def update(self, state: dict, batch: StreamBatch, key: jax.Array) -> tuple[dict, dict]:
         """``steps`` updates on the batch plus replay, then reservoir insertion."""
-        opt = _optimizer(self.lr, self.optimizer)
         k_add, k_replay = jax.random.split(key)
         predict = lambda p, x: apply_model(self.model, p, x)  # noqa: E731
 
-        def step(carry, k):
-            params, opt_state = carry
+        def loss_fn(p, k):
             rx, ry, mask = state["buffer"].sample(k, self.replay_batch)
-            loss_fn = lambda p: mixed_loss(self.objective, predict, p, batch.x, batch.y, rx, ry, mask)  # noqa: E731
-            (loss, metrics), g = jax.value_and_grad(loss_fn, has_aux=True)(params)
-            updates, opt_state = opt.update(g, opt_state, params)
-            return (optax.apply_updates(params, updates), opt_state), {**metrics, "loss": loss}
+            loss, metrics = mixed_loss(self.objective, predict, p, batch.x, batch.y, rx, ry, mask)
+            return loss, {**metrics, "loss": loss}
 
-        (params, opt_state), metrics = jax.lax.scan(
-            step, (state["params"], state["opt"]), jax.random.split(k_replay, self.steps)
-        )
+        opt = _optimizer(self.lr, self.optimizer)
+        params, opt_state, metrics = _descend(opt, loss_fn, state["params"], state["opt"], self.steps, k_replay)
         buffer = state["buffer"].add(batch.x, batch.y, k_add)
-        return {"params": params, "opt": opt_state, "buffer": buffer}, jax.tree.map(lambda a: a[-1], metrics)
+        return {"params": params, "opt": opt_state, "buffer": buffer}, metrics
 
 
 @dataclasses.dataclass(frozen=True)
@@ -233,7 +243,6 @@ class EWC:
     def update(self, state: dict, batch: StreamBatch, key: jax.Array) -> tuple[dict, dict]:
         """Consolidate on a switch, then ``steps`` penalised updates; accumulate this batch's Fisher."""
         del key
-        opt = _optimizer(self.lr, self.optimizer)
         # Consolidate the finished task's Fisher when a new segment starts (not before anything was learned).
         done = batch.switched & (state["task_batches"] > 0)
         task_f = jax.tree.map(lambda f: f / jnp.maximum(state["task_batches"], 1.0), state["task_fisher"])
@@ -242,21 +251,16 @@ class EWC:
         task_fisher = jax.tree.map(lambda f: jnp.where(done, 0.0, f), state["task_fisher"])
         task_batches = jnp.where(done, 0.0, state["task_batches"])
 
-        def loss_fn(p):
+        def loss_fn(p, _):
             loss, metrics = self.objective(apply_model(self.model, p, batch.x), batch.y)
             penalty = sum(
                 jnp.sum(F * jnp.square(q - a))
                 for F, q, a in zip(jax.tree.leaves(fisher), jax.tree.leaves(p), jax.tree.leaves(anchor), strict=True)
             )
-            return loss + 0.5 * self.strength * penalty, (loss, metrics)
+            return loss + 0.5 * self.strength * penalty, {**metrics, "loss": loss}
 
-        def step(carry, _):
-            params, opt_state = carry
-            (_, (loss, metrics)), g = jax.value_and_grad(loss_fn, has_aux=True)(params)
-            updates, opt_state = opt.update(g, opt_state, params)
-            return (optax.apply_updates(params, updates), opt_state), {**metrics, "loss": loss}
-
-        (params, opt_state), metrics = jax.lax.scan(step, (state["params"], state["opt"]), None, length=self.steps)
+        opt = _optimizer(self.lr, self.optimizer)
+        params, opt_state, metrics = _descend(opt, loss_fn, state["params"], state["opt"], self.steps)
 
         def example_grad(x, y):
             return jax.grad(lambda p: self.objective(apply_model(self.model, p, x[None]), y[None])[0])(params)
@@ -270,4 +274,4 @@ class EWC:
             "task_fisher": jax.tree.map(jnp.add, task_fisher, sq),
             "task_batches": task_batches + 1.0,
         }
-        return new, jax.tree.map(lambda a: a[-1], metrics)
+        return new, metrics
