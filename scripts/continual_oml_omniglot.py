@@ -146,8 +146,8 @@ def main() -> None:
         results[f"classes_{n}"] = row
     results["paper"] = (
         "Javed & White (2019), Fig. 3 (84x84 images, 6x256 conv RLN, 20k+ meta-steps): OML well above "
-        "pretraining for 10-200 classes; the issue cites ~0.84 (10 classes) / ~0.75 (50) for a "
-        "replication of the original code after 2,000 meta-steps"
+        "pretraining for 10-200 classes; a replication of the original code reports ~0.84 (10 classes) / ~0.75 (50) "
+        "after 2,000 meta-steps"
     )
     results["machine"] = machine()
     print(json.dumps(results, indent=1))
