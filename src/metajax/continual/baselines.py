@@ -57,7 +57,7 @@ class Finetune:
     Example:
         >>> import jax, jax.numpy as jnp, metajax
         >>> from metajax.continual.base import StreamBatch
-        >>> learner = Finetune(metajax.models.MLP(hidden=(8,), out=1), lr=0.1)
+        >>> learner = Finetune(metajax.models.MLP(hidden=(8,), out=1), lr=0.1, objective=metajax.losses.mse)
         >>> x, y = jnp.ones((4, 2)), jnp.ones((4, 1))
         >>> state = learner.init_state(jax.random.key(0), x, y)
         >>> state, m = learner.update(state, StreamBatch(x, y, jnp.int32(0), jnp.bool_(True)), jax.random.key(1))

@@ -57,7 +57,7 @@ def load_fashion_mnist(split: str = "train", *, root: str | os.PathLike | None =
 
     Example:
         >>> data = load_fashion_mnist("test")  # doctest: +SKIP
-        >>> data.images.shape
+        >>> data.images.shape  # doctest: +SKIP
         (10, 1000, 28, 28, 1)
     """
     check_choice("split", split, SPLITS)

@@ -71,7 +71,7 @@ def load_miniimagenet(
 
     Example:
         >>> data = load_miniimagenet("test")  # doctest: +SKIP
-        >>> data.images.shape
+        >>> data.images.shape  # doctest: +SKIP
         (20, 600, 84, 84, 3)
     """
     check_choice("split", split, SPLITS)

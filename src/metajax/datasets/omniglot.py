@@ -103,7 +103,7 @@ def load_omniglot(
 
     Example:
         >>> data = load_omniglot("vinyals-train")  # doctest: +SKIP
-        >>> data.images.shape
+        >>> data.images.shape  # doctest: +SKIP
         (4112, 20, 28, 28, 1)
     """
     check_choice("split", split, SPLITS)

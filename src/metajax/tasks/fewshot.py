@@ -214,7 +214,7 @@ def benchmark(
 
     Example:
         >>> tasks = benchmark("omniglot", ways=5, shots=1, queries=15)  # doctest: +SKIP
-        >>> tasks.train.sample(jax.random.key(0), 32).support_x.shape
+        >>> tasks.train.sample(jax.random.key(0), 32).support_x.shape  # doctest: +SKIP
         (32, 5, 28, 28, 1)
     """
     check_choice("name", name, BENCHMARK_SPLITS)
