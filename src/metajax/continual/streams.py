@@ -66,7 +66,11 @@ def _check_images(name: str, images, rank: int) -> jax.Array:
         shape = tuple(images.shape) if hasattr(images, "shape") else type(images).__name__
         expected = "[classes, examples, H, W, C]" if rank == 5 else "[examples, H, W, C]"
         raise ValueError(f"{name} must be an array {expected}, got {shape}.")
-    images = jnp.asarray(images)
+    return _as_float(jnp.asarray(images))
+
+
+def _as_float(images: jax.Array) -> jax.Array:
+    """float32 inputs; uint8 images are scaled to [0, 1]."""
     return images.astype(jnp.float32) / 255.0 if images.dtype == jnp.uint8 else images.astype(jnp.float32)
 
 
@@ -413,8 +417,7 @@ class Trajectories:
         else:
             sy = self.pool_y[chosen[:, None], ex].reshape(self.tasks * self.shots, *self.pool_y.shape[2:])
             qy = self.pool_y[rt, re]
-        scale = lambda a: a.astype(jnp.float32) / 255.0 if a.dtype == jnp.uint8 else a  # noqa: E731
-        return Episode(scale(sx), sy, scale(qx), qy)
+        return Episode(_as_float(sx), sy, _as_float(qx), qy)
 
 
 @dataclasses.dataclass(frozen=True)
