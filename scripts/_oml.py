@@ -2,39 +2,81 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import jax
 import numpy as np
 import optax
 
 import metajax
+from metajax.checkpoint import Checkpointer
+from metajax.training import init_state
 
 
-def train_both(runs: dict, *, steps: int, meta_lr: float, steps_per_call: int) -> tuple[dict, dict]:
+def train_both(
+    runs: dict, *, steps: int, meta_lr: float, steps_per_call: int, checkpoints: Path | None = None, record: dict
+) -> tuple[dict, dict]:
     """Train each ``name: (learner, task, key)`` for ``steps`` Adam(``meta_lr``) steps at meta-batch 1.
 
+    With ``checkpoints`` (a folder), each run saves a checkpoint every tenth of ``steps``
+    into ``checkpoints/<name>`` and continues from the newest one found there, after
+    checking that it was written with the same ``record`` (the script's configuration).
+
     Returns:
-        ``({name: params}, {"train_<name>": {"seconds", "curve"}})``.
+        ``({name: params}, {"train_<name>": {"seconds", "resumed_from", "curve"}})``.
     """
     params, results = {}, {}
+    record = json.loads(json.dumps(record))  # as the checkpoint's JSON reads back
     for name, (learner, task, key) in runs.items():
         t0 = time.perf_counter()
+        optimizer = optax.adam(meta_lr)
+        state, checkpointer = init_state(learner, task, optimizer, key), None
+        if checkpoints is not None:
+            checkpointer = Checkpointer(Path(checkpoints) / name, every=max(1, steps // 10))
+            latest = checkpointer.latest_step()
+            if latest is not None:
+                found = checkpointer.record(latest)
+                if found != record:
+                    keys = sorted(found.keys() | record.keys())
+                    differ = {k: (found.get(k), record.get(k)) for k in keys if found.get(k) != record.get(k)}
+                    raise SystemExit(
+                        f"{checkpointer.directory} holds checkpoints of another configuration "
+                        f"(setting: (checkpoint's, this run's) = {differ}); pass another --checkpoints folder."
+                    )
+                state = checkpointer.restore(state)[0]
+        resumed_from = int(state.step)
         state, history = metajax.train(
             learner,
             task,
-            optax.adam(meta_lr),
+            optimizer,
             key=key,
+            state=state,
             num_steps=steps,
             meta_batch=1,
             steps_per_call=steps_per_call,
             log_every=max(steps // 5, steps_per_call),
             progress=False,
+            checkpointer=checkpointer,
+            checkpoint_record=record,
         )
+        if checkpointer is not None:
+            checkpointer.close()
         params[name] = state.params
-        results[f"train_{name}"] = {"seconds": round(time.perf_counter() - t0, 1), "curve": history}
+        results[f"train_{name}"] = {
+            "seconds": round(time.perf_counter() - t0, 1),
+            "resumed_from": resumed_from,
+            "curve": history,
+        }
     return params, results
+
+
+def training_record(args, **resolved) -> dict:
+    """What a checkpoint must have been trained with: the script's arguments, less those of evaluation only."""
+    evaluation_only = ("budget", "runs", "classes", "checkpoints", "data_root")
+    return {**{k: v for k, v in vars(args).items() if k not in evaluation_only}, **resolved}
 
 
 def search_step_size(run: Callable, lrs, *, higher_is_better: bool) -> tuple[float, dict]:

@@ -17,6 +17,10 @@ both networks:
 The online step size is chosen per network and protocol from a grid by accuracy on the
 training images (no test data), as OML's evaluation does. Prints JSON.
 
+With ``--checkpoints DIR``, meta-training saves a checkpoint every tenth of its steps into
+``DIR/oml`` and ``DIR/pretrained``; a rerun with the same folder continues from the newest
+ones (a killed run loses at most a tenth) and refuses a folder of another configuration.
+
     nice -n 19 python scripts/continual_oml_omniglot.py --budget small
 """
 
@@ -32,7 +36,7 @@ import numpy as np
 import optax
 
 import metajax
-from _oml import search_step_size, train_both
+from _oml import search_step_size, train_both, training_record
 from metajax import continual as C
 from metajax.cli import machine
 from metajax.datasets import load_omniglot
@@ -63,6 +67,9 @@ def main() -> None:
     p.add_argument("--meta-lr", type=float, default=1e-3)
     p.add_argument("--data-root", default=None)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--checkpoints", default=None, help="folder to checkpoint training into and resume it from (default: none)"
+    )
     args = p.parse_args()
     budget = BUDGETS[args.budget]
     steps, filters, runs = (
@@ -105,6 +112,8 @@ def main() -> None:
         steps=steps,
         meta_lr=args.meta_lr,
         steps_per_call=50,
+        checkpoints=args.checkpoints,
+        record=training_record(args, steps=steps, filters=filters),
     )
     results.update(timings)
 

@@ -8,6 +8,10 @@ sequences of 10 functions, learn the functions one after the other in a single p
 point at a time, head only (step size from a grid, chosen by training MSE), and report
 the test MSE of every function after all 10 are learned. Prints JSON.
 
+With ``--checkpoints DIR``, meta-training saves a checkpoint every tenth of its steps into
+``DIR/oml`` and ``DIR/pretrained``; a rerun with the same folder continues from the newest
+ones (a killed run loses at most a tenth) and refuses a folder of another configuration.
+
     nice -n 19 python scripts/continual_sine.py --budget small
 """
 
@@ -21,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import metajax
-from _oml import search_step_size, train_both
+from _oml import search_step_size, train_both, training_record
 from metajax import continual as C
 from metajax.cli import machine
 from metajax.evaluation import confidence_interval
@@ -41,6 +45,9 @@ def main() -> None:
     p.add_argument("--inner-lr", type=float, default=0.003)
     p.add_argument("--meta-lr", type=float, default=1e-3)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--checkpoints", default=None, help="folder to checkpoint training into and resume it from (default: none)"
+    )
     args = p.parse_args()
     b = BUDGETS[args.budget]
     steps, width, runs = args.steps or b["steps"], args.width or b["width"], args.runs or b["runs"]
@@ -67,6 +74,8 @@ def main() -> None:
         steps=steps,
         meta_lr=args.meta_lr,
         steps_per_call=100,
+        checkpoints=args.checkpoints,
+        record=training_record(args, steps=steps, width=width),
     )
     results.update(timings)
 
