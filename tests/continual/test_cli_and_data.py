@@ -114,3 +114,44 @@ def test_sine_stream_defaults_stay_finite(tmp_path):
     assert cli.main(argv) == 0
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["config"]["lr"] == 0.003 and metrics["config"]["ewc_strength"] == 1.0
+
+
+def test_killed_run_resumes_to_the_same_results(tmp_path, data_root, monkeypatch):
+    from metajax.checkpoint import Checkpointer
+
+    argv = ["--learners", "finetune", "oml", "--tasks", "2", "--train-per-task", "20", "--test-per-task", "20",
+            "--meta-steps", "20", "--hidden", "8", "--data-root", str(_fashion_root(data_root))]  # fmt: skip
+    whole = continual_cli.run(_parse([*argv, "--out", str(tmp_path / "whole")]))
+    assert whole["pending"] == [] and whole["learners"]["oml"]["meta_train"]["resumed_from"] == 0
+
+    save = Checkpointer.maybe_save
+
+    def killed_after_step_10(self, state, record=None):
+        saved = save(self, state, record)
+        if int(state.step) == 10:
+            raise RuntimeError("killed")
+        return saved
+
+    monkeypatch.setattr(Checkpointer, "maybe_save", killed_after_step_10)
+    with pytest.raises(RuntimeError, match="killed"):
+        continual_cli.run(_parse([*argv, "--out", str(tmp_path / "killed")]))
+    monkeypatch.undo()
+    partial = json.loads((tmp_path / "killed" / "metrics.json").read_text())
+    assert list(partial["learners"]) == ["finetune"] and partial["pending"] == ["oml"]
+
+    resumed = continual_cli.run(
+        _parse([*argv, "--out", str(tmp_path / "killed"), "--resume", str(tmp_path / "killed")])
+    )
+    assert resumed["learners"]["finetune"] == partial["learners"]["finetune"]  # kept, not run again
+    assert resumed["learners"]["oml"]["meta_train"]["resumed_from"] == 10
+    for name in ("finetune", "oml"):
+        drop = ("seconds", "meta_train")
+        assert {k: v for k, v in resumed["learners"][name].items() if k not in drop} == {
+            k: v for k, v in whole["learners"][name].items() if k not in drop
+        }
+    with pytest.raises(SystemExit, match=r"other settings .*'hidden': \(8, 16\)"):
+        continual_cli.run(
+            _parse([*argv, "--hidden", "16", "--out", str(tmp_path / "b"), "--resume", str(tmp_path / "killed")])
+        )
+    with pytest.raises(SystemExit, match="holds no metrics.json"):
+        continual_cli.run(_parse([*argv, "--out", str(tmp_path / "c"), "--resume", str(tmp_path / "nothing")]))

@@ -8,6 +8,13 @@ Streams: ``rotated-fmnist`` / ``permuted-fmnist`` (domain-incremental Fashion-MN
 tasks are served by an OSAKA-style schedule (``--p-stay``, ``--mixture seen new ood``);
 the OOD pool is the other Fashion-MNIST transformation. OML's representation is first
 meta-trained (``--meta-steps``) on tasks disjoint from the stream's.
+
+``OUT/metrics.json`` is rewritten after each learner (``pending`` lists those still to
+run) and OML's meta-training is checkpointed into ``OUT/checkpoints/oml`` every tenth of
+its steps; ``--resume DIR`` (the ``--out`` of an interrupted run with the same settings)
+keeps DIR's finished learners and continues OML's meta-training from its newest
+checkpoint, so a killed run loses at most one learner's stream pass and a tenth of the
+meta-training, and ends with the same results as an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -15,11 +22,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 
 LEARNERS = ("oml", "lamaml", "mer", "finetune", "replay", "ewc", "joint")
 STREAMS = ("rotated-fmnist", "permuted-fmnist", "sine")
+RESUMABLE_CHANGES = ("out", "resume", "learners")  # settings a resumed run may change
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -54,6 +63,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     c.add_argument("--data-root", type=Path, default=None, help="dataset folder (default: $METAJAX_DATA)")
     c.add_argument("--seed", type=int, default=0, help="PRNG seed (default 0)")
     c.add_argument("--out", type=Path, required=True, help="output directory")
+    c.add_argument(
+        "--resume",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="continue the run whose --out was DIR: keep its finished learners, resume OML's meta-training",
+    )
     return c
 
 
@@ -184,28 +200,62 @@ def build_learner(name: str, args, kind: str):
 
 
 def meta_train_oml(learner, meta_pool, args, key):
-    """OML's parameters meta-trained on trajectories over ``meta_pool``'s tasks."""
+    """OML's parameters meta-trained on trajectories over ``meta_pool``'s tasks, and the training log.
+
+    Checkpoints go to ``OUT/checkpoints/oml`` every tenth of ``--meta-steps``, each with the
+    log so far; with ``--resume DIR``, training continues from ``DIR/checkpoints/oml``'s
+    newest checkpoint and its log.
+
+    Returns:
+        ``(params, history, resumed_from)``.
+    """
     import optax
 
     from metajax import continual as C
-    from metajax.training import train
+    from metajax.checkpoint import Checkpointer
+    from metajax.training import init_state, train
 
     shots = max(args.batch_size, 10)
     task = C.Trajectories(
         meta_pool.train_x, meta_pool.train_y, tasks=2, shots=shots, remember=2 * shots, kind="classification"
     )
-    state, history = train(
-        learner,
-        task,
-        optax.adam(1e-3),
-        key=key,
-        num_steps=args.meta_steps,
-        meta_batch=1,
-        steps_per_call=50,
-        log_every=max(args.meta_steps // 2, 50),
-        progress=False,
-    )
-    return state.params, history
+    optimizer = optax.adam(1e-3)
+    state, record = init_state(learner, task, optimizer, key), {"history": []}
+    saved = None if args.resume is None else args.resume / "checkpoints" / "oml"
+    if saved is not None and saved.is_dir():
+        reader = Checkpointer(saved, every=1)
+        try:
+            if reader.latest_step() is not None:
+                state, found = reader.restore(state)
+                record["history"] = [e for e in found["history"] if e["step"] <= int(state.step)]
+        except (FileNotFoundError, ValueError, RuntimeError) as error:
+            raise SystemExit(f"metajax continual: cannot resume OML's meta-training from {saved}: {error}") from error
+        finally:
+            reader.close()
+    directory = args.out / "checkpoints" / "oml"
+    if saved is None or directory.absolute() != saved.absolute():
+        shutil.rmtree(directory, ignore_errors=True)  # another run's checkpoints would shadow this run's
+    checkpointer = Checkpointer(directory, every=max(1, args.meta_steps // 10))
+    resumed_from = int(state.step)
+    try:
+        state, _ = train(
+            learner,
+            task,
+            optimizer,
+            key=key,
+            state=state,
+            num_steps=args.meta_steps,
+            meta_batch=1,
+            steps_per_call=50,
+            log_every=max(args.meta_steps // 2, 50),
+            progress=False,
+            on_log=lambda _, entry: record["history"].append(entry),
+            checkpointer=checkpointer,
+            checkpoint_record=record,
+        )
+    finally:
+        checkpointer.close()
+    return state.params, record["history"], resumed_from
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -217,11 +267,16 @@ def run(args: argparse.Namespace) -> dict:
     from metajax import continual as C
     from metajax.cli import machine
 
+    config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k not in ("func",)}
+    earlier = {} if args.resume is None else _earlier_learners(args.resume, config)
     key = jax.random.key(args.seed)
     k_data, k_sched, k_meta, k_run = jax.random.split(key, 4)
     seq, ood, meta_pool, kind = build_streams(args, k_data)
+    if "oml" in args.learners and "oml" not in earlier and meta_pool is None:
+        raise SystemExit("metajax continual: --learners oml needs a Fashion-MNIST stream (meta-training tasks).")
     metric = "mse" if kind == "regression" else "accuracy"
     args.out.mkdir(parents=True, exist_ok=True)
+    result = {"config": config, "machine": machine(), "metric": metric, "learners": {}, "pending": []}
     schedule = None
     if args.lifelong:
         pool = seq if ood is None else seq.concatenate(ood)
@@ -229,18 +284,26 @@ def run(args: argparse.Namespace) -> dict:
         schedule = stream.schedule(
             k_sched, args.stream_steps, num_tasks=args.tasks, num_ood=pool.num_tasks - args.tasks
         )
-    results = {}
+        sw = np.asarray(schedule.switched)
+        result["schedule"] = {
+            "steps": int(sw.size),
+            "switches": int(sw[1:].sum()),
+            "source_counts": np.bincount(np.asarray(schedule.source)[sw], minlength=3).tolist(),
+        }
     for name in args.learners:
+        if name in earlier:
+            result["learners"][name] = earlier[name]
+            _plot(result, name, args.out)
+        else:
+            result["pending"].append(name)
+    _write_json_atomic(args.out / "metrics.json", result)  # from here on the run can be resumed
+    for name in list(result["pending"]):
         learner = build_learner(name, args, kind)
         t0 = time.perf_counter()
         state, extra = None, {}
         if name == "oml":
-            if meta_pool is None:
-                raise SystemExit(
-                    "metajax continual: --learners oml needs a Fashion-MNIST stream (meta-training tasks)."
-                )
-            state, history = meta_train_oml(learner, meta_pool, args, k_meta)
-            extra["meta_train"] = {"steps": args.meta_steps, "last": history[-1]}
+            state, history, resumed_from = meta_train_oml(learner, meta_pool, args, k_meta)
+            extra["meta_train"] = {"steps": args.meta_steps, "resumed_from": resumed_from, "last": history[-1]}
         if args.lifelong:
             out = C.run_lifelong(
                 learner,
@@ -256,27 +319,52 @@ def run(args: argparse.Namespace) -> dict:
             extra["introduced"] = out["introduced"]
         else:
             out = C.run_sequence(learner, seq, key=k_run, batch_size=args.batch_size, state=state, metric=metric)
-        R = out["R"]
-        if kind == "classification":
-            C.plot_accuracy_matrix(R, args.out / f"R_{name}.png", title=name)
-        results[name] = {
+        result["learners"][name] = {
             **{k: (None if v is None else float(v)) for k, v in out["summary"].items()},
             "online_accuracy" if metric == "accuracy" else "online_mse": float(out["online_cumulative"][-1]),
-            "R": [[float(v) if np.isfinite(v) else None for v in row] for row in R],
+            "R": [[float(v) if np.isfinite(v) else None for v in row] for row in out["R"]],
             "seconds": time.perf_counter() - t0,
             **extra,
         }
-    config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k not in ("func",)}
-    result = {"config": config, "machine": machine(), "metric": metric, "learners": results}
-    if schedule is not None:
-        sw = np.asarray(schedule.switched)
-        result["schedule"] = {
-            "steps": int(sw.size),
-            "switches": int(sw[1:].sum()),
-            "source_counts": np.bincount(np.asarray(schedule.source)[sw], minlength=3).tolist(),
-        }
+        result["pending"].remove(name)
+        _plot(result, name, args.out)
+        _write_json_atomic(args.out / "metrics.json", result)
+    result["learners"] = {name: result["learners"][name] for name in args.learners}
     _write_json_atomic(args.out / "metrics.json", result)
     return result
+
+
+def _earlier_learners(run_dir: Path, config: dict) -> dict:
+    """The finished learners' results of the run ``run_dir``, after checking it ran with ``config``."""
+    path = run_dir / "metrics.json"
+    if not path.is_file():
+        raise SystemExit(
+            f"metajax continual: --resume {run_dir} holds no metrics.json; pass the --out of an earlier run."
+        )
+    earlier = json.loads(path.read_text())
+    theirs, ours = earlier["config"], json.loads(json.dumps(config))
+    differ = {
+        k: (theirs.get(k), ours.get(k))
+        for k in sorted(theirs.keys() | ours.keys())
+        if k not in RESUMABLE_CHANGES and theirs.get(k) != ours.get(k)
+    }
+    if differ:
+        raise SystemExit(
+            f"metajax continual: --resume {run_dir} ran with other settings (setting: (earlier, now) = {differ}); "
+            f"only {', '.join('--' + k for k in RESUMABLE_CHANGES)} may change."
+        )
+    return earlier["learners"]
+
+
+def _plot(result: dict, name: str, out: Path) -> None:
+    """``OUT/R_<name>.png``, the heatmap of a classification learner's accuracy matrix."""
+    import numpy as np
+
+    from metajax import continual as C
+
+    if result["metric"] == "accuracy":
+        R = np.array([[np.nan if v is None else v for v in row] for row in result["learners"][name]["R"]])
+        C.plot_accuracy_matrix(R, out / f"R_{name}.png", title=name)
 
 
 def table(result: dict) -> str:
