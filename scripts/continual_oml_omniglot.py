@@ -17,6 +17,11 @@ both networks:
 The online step size is chosen per network and protocol from a grid by accuracy on the
 training images (no test data), as OML's evaluation does. Prints JSON.
 
+The head is one Dense layer by default, as in the network of Numenta's replication
+(``OMLNetwork`` in nupic.research: the conv representation, then one Linear layer to the
+classes); ``--hidden 1024`` gives the two-layer head of the original repository's model
+factory (Linear 1024, ReLU, Linear 1000).
+
 With ``--checkpoints DIR``, meta-training saves a checkpoint every tenth of its steps into
 ``DIR/oml`` and ``DIR/pretrained``; a rerun with the same folder continues from the newest
 ones (a killed run loses at most a tenth) and refuses a folder of another configuration.
@@ -58,7 +63,7 @@ def main() -> None:
     p.add_argument("--budget", choices=BUDGETS, default="small")
     p.add_argument("--steps", type=int, default=None, help="meta-training steps (default: by budget)")
     p.add_argument("--filters", type=int, default=None, help="channels of the 4 conv layers (default: by budget)")
-    p.add_argument("--hidden", type=int, default=0, help="hidden units of a 2-layer head (0: one Dense layer)")
+    p.add_argument("--hidden", type=int, default=0, help="hidden units of a 2-layer head (default 0: one Dense layer)")
     p.add_argument("--runs", type=int, default=None, help="random class draws per number of classes")
     p.add_argument("--classes", type=int, nargs="+", default=[10, 50, 100, 200])
     p.add_argument("--trajectory", type=int, default=10, help="images of the trajectory's class (inner steps)")
