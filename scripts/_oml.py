@@ -12,7 +12,7 @@ import numpy as np
 import optax
 
 import metajax
-from metajax.checkpoint import Checkpointer
+from metajax.checkpoint import Checkpointer, differing_settings
 from metajax.training import init_state
 
 
@@ -38,10 +38,8 @@ def train_both(
             checkpointer = Checkpointer(Path(checkpoints) / name, every=max(1, steps // 10))
             latest = checkpointer.latest_step()
             if latest is not None:
-                found = checkpointer.record(latest)
-                if found != record:
-                    keys = sorted(found.keys() | record.keys())
-                    differ = {k: (found.get(k), record.get(k)) for k in keys if found.get(k) != record.get(k)}
+                differ = differing_settings(checkpointer.record(latest), record)
+                if differ:
                     raise SystemExit(
                         f"{checkpointer.directory} holds checkpoints of another configuration "
                         f"(setting: (checkpoint's, this run's) = {differ}); pass another --checkpoints folder."

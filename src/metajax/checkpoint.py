@@ -136,6 +136,20 @@ class Checkpointer:
         self._manager.close()
 
 
+def differing_settings(earlier: dict, now: dict, ignore: tuple[str, ...] = ()) -> dict:
+    """``{setting: (earlier value, value now)}`` for every setting, less ``ignore``, whose values differ.
+
+    For refusing to resume a run (its checkpoint's or ``metrics.json``'s record) under
+    another configuration.
+
+    Example:
+        >>> differing_settings({"lr": 0.1, "seed": 0}, {"lr": 0.3, "seed": 0})
+        {'lr': (0.1, 0.3)}
+    """
+    keys = sorted((earlier.keys() | now.keys()) - set(ignore))
+    return {k: (earlier.get(k), now.get(k)) for k in keys if earlier.get(k) != now.get(k)}
+
+
 def _key_name(key) -> str:
     for attr in ("key", "name", "idx"):
         if hasattr(key, attr):

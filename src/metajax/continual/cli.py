@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import time
 from pathlib import Path
@@ -265,7 +264,7 @@ def run(args: argparse.Namespace) -> dict:
     import numpy as np
 
     from metajax import continual as C
-    from metajax.cli import machine
+    from metajax.cli import _write_json_atomic, machine
 
     config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k not in ("func",)}
     earlier = {} if args.resume is None else _earlier_learners(args.resume, config)
@@ -336,18 +335,15 @@ def run(args: argparse.Namespace) -> dict:
 
 def _earlier_learners(run_dir: Path, config: dict) -> dict:
     """The finished learners' results of the run ``run_dir``, after checking it ran with ``config``."""
+    from metajax.checkpoint import differing_settings
+
     path = run_dir / "metrics.json"
     if not path.is_file():
         raise SystemExit(
             f"metajax continual: --resume {run_dir} holds no metrics.json; pass the --out of an earlier run."
         )
     earlier = json.loads(path.read_text())
-    theirs, ours = earlier["config"], json.loads(json.dumps(config))
-    differ = {
-        k: (theirs.get(k), ours.get(k))
-        for k in sorted(theirs.keys() | ours.keys())
-        if k not in RESUMABLE_CHANGES and theirs.get(k) != ours.get(k)
-    }
+    differ = differing_settings(earlier["config"], json.loads(json.dumps(config)), ignore=RESUMABLE_CHANGES)
     if differ:
         raise SystemExit(
             f"metajax continual: --resume {run_dir} ran with other settings (setting: (earlier, now) = {differ}); "
@@ -375,9 +371,3 @@ def table(result: dict) -> str:
     for name, r in result["learners"].items():
         lines.append(f"{name:10s} " + " ".join(f"{fmt(r.get(c)):>8s}" for c in cols))
     return "\n".join(lines)
-
-
-def _write_json_atomic(path: Path, obj: dict) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2))
-    os.replace(tmp, path)
