@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -12,7 +11,8 @@ import numpy as np
 import optax
 
 import metajax
-from metajax.checkpoint import Checkpointer, differing_settings
+from metajax.app.runs import resume_or_exit
+from metajax.checkpoint import Checkpointer
 from metajax.training import init_state
 
 
@@ -29,22 +29,14 @@ def train_both(
         ``({name: params}, {"train_<name>": {"seconds", "resumed_from", "curve"}})``.
     """
     params, results = {}, {}
-    record = json.loads(json.dumps(record))  # as the checkpoint's JSON reads back
     for name, (learner, task, key) in runs.items():
         t0 = time.perf_counter()
         optimizer = optax.adam(meta_lr)
         state, checkpointer = init_state(learner, task, optimizer, key), None
         if checkpoints is not None:
-            checkpointer = Checkpointer(Path(checkpoints) / name, every=max(1, steps // 10))
-            latest = checkpointer.latest_step()
-            if latest is not None:
-                differ = differing_settings(checkpointer.record(latest), record)
-                if differ:
-                    raise SystemExit(
-                        f"{checkpointer.directory} holds checkpoints of another configuration "
-                        f"(setting: (checkpoint's, this run's) = {differ}); pass another --checkpoints folder."
-                    )
-                state = checkpointer.restore(state)[0]
+            directory = Path(checkpoints) / name
+            state = resume_or_exit(directory, state, "OML script (pass another --checkpoints folder)", record)[0]
+            checkpointer = Checkpointer(directory, every=max(1, steps // 10))
         resumed_from = int(state.step)
         state, history = metajax.train(
             learner,

@@ -1,6 +1,6 @@
 """Throughput benchmarks of metajax (and PyTorch references): JSON lines on stdout.
 
-The same as ``metajax bench``; see :mod:`metajax.bench` for the workloads and options.
+The same as ``metajax bench``; see :mod:`metajax.app.bench` for the workloads and options.
 
     python scripts/benchmark.py                                   # every workload, library defaults
     python scripts/benchmark.py --workload maml-omniglot --torch  # with the PyTorch references
@@ -10,7 +10,7 @@ The same as ``metajax bench``; see :mod:`metajax.bench` for the workloads and op
 
 import sys
 
-from metajax.bench import main
+from metajax.app.bench import main
 
 if __name__ == "__main__":
     sys.exit(main())

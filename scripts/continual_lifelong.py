@@ -1,6 +1,6 @@
 """A lifelong (OSAKA-style) stream over rotated Fashion-MNIST: OML, La-MAML, MER and the baselines in one table.
 
-Runs ``metajax continual --lifelong`` (see ``metajax.continual.cli``) and prints its JSON
+Runs ``metajax continual --lifelong`` (see ``metajax.app.continual``) and prints its JSON
 plus a table of ACC, BWT, FWT, forgetting, learning accuracy and online cumulative
 accuracy. ``R``'s rows are taken when each new task first appears in the stream.
 
@@ -13,7 +13,7 @@ import argparse
 import json
 import sys
 
-from metajax.continual import cli as continual_cli
+from metajax.app import continual as continual_cli
 
 BUDGETS = {
     "small": [

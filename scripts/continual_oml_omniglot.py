@@ -43,7 +43,8 @@ import optax
 import metajax
 from _oml import search_step_size, train_both, training_record
 from metajax import continual as C
-from metajax.cli import machine
+from metajax import tasks
+from metajax.app.runs import machine
 from metajax.datasets import load_omniglot
 from metajax.evaluation import confidence_interval
 
@@ -89,9 +90,13 @@ def main() -> None:
     head = metajax.models.MLP(hidden=(args.hidden,), out=1000) if args.hidden else nn.Dense(1000)
     oml = C.OML(rep, head, inner_lr=args.inner_lr, objective=metajax.losses.cross_entropy, reset=True)
     pre = C.OML(rep, head, inner_lr=args.inner_lr, objective=metajax.losses.cross_entropy, meta=False)
-    trajectories = C.Trajectories(jnp.asarray(background), None, tasks=1, shots=args.trajectory, remember=args.remember)
+    trajectories = tasks.Trajectories(
+        jnp.asarray(background), None, tasks=1, shots=args.trajectory, remember=args.remember
+    )
     # The baseline sees as many images per step, drawn i.i.d. (plain supervised minibatches).
-    iid = C.Trajectories(jnp.asarray(background), None, tasks=1, shots=1, remember=args.remember + args.trajectory - 1)
+    iid = tasks.Trajectories(
+        jnp.asarray(background), None, tasks=1, shots=1, remember=args.remember + args.trajectory - 1
+    )
 
     key = jax.random.key(args.seed)
     k_oml, k_pre, k_eval = jax.random.split(key, 3)
@@ -125,7 +130,7 @@ def main() -> None:
     for n in args.classes:
         row = {}
         keys = jax.random.split(jax.random.fold_in(k_eval, n), runs)
-        seqs = jax.vmap(lambda k, n=n: C.class_incremental(k, evaluation, num_tasks=1, classes_per_task=n))(keys)
+        seqs = jax.vmap(lambda k, n=n: tasks.class_incremental(k, evaluation, num_tasks=1, classes_per_task=n))(keys)
         for name, learner in (("oml", oml), ("pretrained", pre)):
             for protocol, (_, _, lrs) in PROTOCOLS.items():
 
@@ -140,7 +145,7 @@ def main() -> None:
                         else:
                             start = {**params, "head": C.reset_outputs(params["head"])}
                             learned = learner.learn_online(start, x, y, lr)
-                        acc = lambda x, y: jnp.mean(jnp.argmax(learner.predict(learned, x), -1) == y)  # noqa: E731
+                        acc = lambda x, y: jnp.mean(jnp.argmax(learner.predict(learned, x), -1) == y)
                         return acc(x, y), acc(seq.test_x[0], seq.test_y[0])
 
                     return jax.lax.map(one, (seqs, keys))

@@ -27,7 +27,8 @@ import numpy as np
 import metajax
 from _oml import search_step_size, train_both, training_record
 from metajax import continual as C
-from metajax.cli import machine
+from metajax import tasks
+from metajax.app.runs import machine
 from metajax.evaluation import confidence_interval
 
 BUDGETS = {"small": dict(steps=2000, width=100, runs=50), "paper": dict(steps=20000, width=300, runs=50)}
@@ -56,7 +57,7 @@ def main() -> None:
     head = metajax.models.MLP(hidden=(width,), out=1)
     oml = C.OML(rep, head, inner_lr=args.inner_lr, objective=metajax.losses.mse, reset=False)
     pre = C.OML(rep, head, inner_lr=args.inner_lr, objective=metajax.losses.mse, reset=False, meta=False)
-    task = C.SineTrajectories(functions=10, shots=args.shots, remember=args.remember)
+    task = tasks.SineTrajectories(functions=10, shots=args.shots, remember=args.remember)
     k_oml, k_pre, k_eval = jax.random.split(jax.random.key(args.seed), 3)
     results = {
         "protocol": {
@@ -80,7 +81,7 @@ def main() -> None:
     results.update(timings)
 
     seqs = jax.vmap(
-        lambda k: C.incremental_sine(k, num_functions=10, train_per_function=args.shots, test_per_function=50)
+        lambda k: tasks.incremental_sine(k, num_functions=10, train_per_function=args.shots, test_per_function=50)
     )(jax.random.split(k_eval, runs))
     for name, learner in (("oml", oml), ("pretrained", pre)):
         params = trained[name]
@@ -90,7 +91,7 @@ def main() -> None:
             x = seq.train_x.reshape(-1, seq.train_x.shape[-1])
             y = seq.train_y.reshape(-1, 1)
             learned = learner.learn_online(params, x, y, lr)
-            mse = lambda xs, ys: jnp.mean(jnp.square(learner.predict(learned, xs) - ys))  # noqa: E731
+            mse = lambda xs, ys: jnp.mean(jnp.square(learner.predict(learned, xs) - ys))
             return mse(x, y), jax.vmap(mse)(seq.test_x, seq.test_y)
 
         best, per_lr = search_step_size(

@@ -20,7 +20,7 @@ import json
 import sys
 from pathlib import Path
 
-from metajax import cli
+from metajax.app import cli
 
 # Test episodes: 1000 on Omniglot (Snell et al. 2017), 600 on miniImageNet (Finn et al. 2017).
 # Figures are the papers' test accuracies (%), with their 95% intervals where given.

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
 
 import metajax
-from metajax import algorithms, models
+from metajax import learner as registry
+from metajax import models
 
 
 def one_task(task, seed: int = 0):
@@ -17,17 +20,11 @@ def one_task(task, seed: int = 0):
 
 
 def regression_learners(hidden=(16,), inner_steps: int = 2, inner_lr: float = 0.05) -> dict:
-    """Every gradient-based learner, configured for 1-D regression."""
-    mlp = models.MLP(hidden=hidden, out=1)
-    common = dict(inner_lr=inner_lr, inner_steps=inner_steps)
-    return {
-        "maml": metajax.MAML(mlp, **common),
-        "fomaml": metajax.MAML(mlp, meta_gradient=metajax.FirstOrder(), **common),
-        "imaml": metajax.MAML(mlp, meta_gradient=metajax.Implicit(prox=2.0, cg_steps=3), **common),
-        "reptile": metajax.Reptile(mlp, **common),
-        "metasgd": metajax.MetaSGD(mlp, **common),
-        "anil": algorithms.ANIL(models.MLP(hidden=hidden, out=None), nn.Dense(1), **common),
-    }
+    """Every registered gradient-based learner, configured for 1-D regression."""
+    spec = registry.Spec(
+        "regression", 1, lambda out: models.MLP(hidden=hidden, out=out), inner_lr=inner_lr, inner_steps=inner_steps
+    )
+    return {name: registry.build(name, spec, prox=2.0, cg_steps=3) for name in registry.names(family="gradient")}
 
 
 class Flatten(nn.Module):
@@ -51,6 +48,20 @@ def separable_vectors(key, num_tasks, ways=3, shots=2, queries=3, dim=8):
         return metajax.Episode(sx, sy, qx, qy)
 
     return jax.vmap(one)(jax.random.split(key, num_tasks))
+
+
+@dataclasses.dataclass(frozen=True)
+class VectorTasks:
+    """A cheap classification task distribution: :func:`separable_vectors` episodes."""
+
+    ways: int = 3
+    shots: int = 2
+    queries: int = 1
+    dim: int = 8
+    kind = "classification"
+
+    def sample(self, key, num_tasks):
+        return separable_vectors(key, num_tasks, self.ways, self.shots, self.queries, self.dim)
 
 
 def held_out_loss_before_after(learner, steps: int, learning_rate: float = 1e-2) -> tuple[float, float]:

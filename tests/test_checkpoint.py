@@ -14,7 +14,8 @@ import optax
 import pytest
 
 import metajax
-from metajax import cli, models, tasks
+from metajax import models, tasks
+from metajax.app import cli
 from metajax.checkpoint import Checkpointer, CheckpointMismatchError
 
 RUN = [
@@ -62,7 +63,7 @@ def test_killed_run_resumes_to_the_same_parameters(tmp_path):
     reference, killed = tmp_path / "reference", tmp_path / "killed"
     assert cli.main([*RUN, "--out", str(reference)]) == 0
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-    child = subprocess.Popen([sys.executable, "-m", "metajax.cli", *RUN, "--out", str(killed)], env=env)
+    child = subprocess.Popen([sys.executable, "-m", "metajax.app.cli", *RUN, "--out", str(killed)], env=env)
     deadline = time.monotonic() + 300
     while not any(p.name.isdigit() for p in (killed / "checkpoints").glob("*")) and child.poll() is None:
         assert time.monotonic() < deadline, "no checkpoint appeared"

@@ -27,9 +27,7 @@ def test_one_device_mesh_equals_the_plain_step():
     learner, task, opt = _setup()
     state = metajax.init_state(learner, task, opt, jax.random.key(0))
     plain = metajax.make_train_step(learner, task, opt, meta_batch=4, steps_per_call=2)
-    sharded = distributed.make_sharded_train_step(
-        learner, task, opt, 4, distributed.task_mesh(jax.devices()[:1]), steps_per_call=2
-    )
+    sharded = metajax.make_train_step(learner, task, opt, 4, 2, mesh=distributed.task_mesh(jax.devices()[:1]))
     copy = jax.tree.map(lambda a: a.copy(), state)
     s1, m1 = plain(state)
     s2, m2 = sharded(copy)
@@ -41,11 +39,10 @@ def test_meta_batch_must_divide_over_devices():
     learner, task, opt = _setup()
     mesh = distributed.task_mesh(jax.devices()[:1] * 1)
     with pytest.raises(ValueError, match="meta_batch must be a positive integer"):
-        distributed.sharded_meta_step(learner, task, opt, 0, mesh)
+        metajax.make_train_step(learner, task, opt, 0, mesh=mesh)
     with pytest.raises(ValueError, match="multiple of the 3 devices"):
-        distributed.sharded_meta_step(
-            learner, task, opt, 4, jax.sharding.Mesh(np.array(jax.devices()[:1] * 3), ("tasks",))
-        )
+        three = jax.sharding.Mesh(np.array(jax.devices()[:1] * 3), ("tasks",))
+        metajax.make_train_step(learner, task, opt, 4, mesh=three)
 
 
 _EIGHT_DEVICES = textwrap.dedent(
@@ -65,13 +62,29 @@ _EIGHT_DEVICES = textwrap.dedent(
         state = metajax.init_state(learner, task, opt, jax.random.key(0))
         copy = jax.tree.map(lambda a: a.copy(), state)
         plain = metajax.make_train_step(learner, task, opt, 16, steps_per_call=3, task_batching=batching)
-        sharded = distributed.make_sharded_train_step(learner, task, opt, 16, steps_per_call=3, task_batching=batching)
+        mesh = distributed.task_mesh()
+        sharded = metajax.make_train_step(learner, task, opt, 16, steps_per_call=3, task_batching=batching, mesh=mesh)
         s1, m1 = plain(state)
         s2, m2 = sharded(copy)
         assert len(s2.params["Dense_0"]["kernel"].sharding.device_set) == 8
         jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-6), s1, s2)
         np.testing.assert_allclose(m1["loss"], m2["loss"], rtol=1e-5)
         print("ok", name, float(m2["loss"][-1]))
+    # train(mesh=...) gives the single-device run's parameters, with its checkpoints and log.
+    import tempfile
+    from metajax.checkpoint import Checkpointer
+    learner = learners["maml-vmap"][0]
+    run = dict(key=jax.random.key(3), num_steps=6, meta_batch=16, steps_per_call=2, log_every=2, progress=False)
+    one, log_one = metajax.train(learner, task, opt, **run)
+    with tempfile.TemporaryDirectory() as folder:
+        ckpt = Checkpointer(folder, every=2)
+        many, log_many = metajax.train(learner, task, opt, mesh=distributed.task_mesh(), checkpointer=ckpt, **run)
+        ckpt.close()
+        assert Checkpointer(folder, every=1).steps() == [2, 4, 6]
+    assert len(many.params["Dense_0"]["kernel"].sharding.device_set) == 8
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-6), one.params, many.params)
+    assert [e["step"] for e in log_one] == [e["step"] for e in log_many] == [2, 4, 6]
+    print("ok train")
     """
 )
 
@@ -85,4 +98,4 @@ def test_sharded_step_on_eight_devices_equals_one_device():
     )
     proc = subprocess.run([sys.executable, "-c", _EIGHT_DEVICES], capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout.count("ok ") == 3, proc.stdout
+    assert proc.stdout.count("ok ") == 4, proc.stdout

@@ -13,7 +13,8 @@ from PIL import Image
 import metajax
 from helpers import one_task
 from metajax import models, plots
-from metajax.cli import main
+from metajax.app import plot
+from metajax.app.cli import main
 
 EVAL_STEPS = 2
 
@@ -158,20 +159,20 @@ def test_missing_or_bad_metrics_name_the_path(tmp_path):
 
 def _parse(argv):
     parser = argparse.ArgumentParser(prog="metajax")
-    plots.add_parser(parser.add_subparsers(dest="command", required=True))
+    plot.add_parser(parser.add_subparsers(dest="command", required=True))
     return parser.parse_args(argv)
 
 
 def test_plot_subcommand(run_dir, tmp_path, capsys):
-    written = plots.run(_parse(["plot", str(run_dir), "--out", str(tmp_path / "figs")]))
+    written = plot.run(_parse(["plot", str(run_dir), "--out", str(tmp_path / "figs")]))
     assert {p.name for p in (tmp_path / "figs").iterdir()} == {"training_curve.png", "adaptation.png"}
     assert f"wrote {written[0]}" in capsys.readouterr().out
     with pytest.raises(SystemExit, match=f"metajax plot: .*{tmp_path / 'metrics.json'}"):
-        plots.run(_parse(["plot", str(tmp_path)]))
+        plot.run(_parse(["plot", str(tmp_path)]))
 
 
 def test_benchmark_plot_from_bench_records(tmp_path):
-    from metajax import cli
+    from metajax.app import cli
 
     records = [
         {"kind": "machine", "device": "cpu", "processor": "x86_64", "cpu_count": 2, "jax": "0", "load_avg": [1.0]}

@@ -1,6 +1,7 @@
 """The trainer: learning happens, dispatch grouping is exact, errors name the step."""
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
@@ -91,3 +92,21 @@ def test_bad_arguments_are_named(kwargs, message):
     args = dict(key=jax.random.key(0), num_steps=2, meta_batch=2, progress=False) | kwargs
     with pytest.raises(ValueError, match=message):
         metajax.train(_maml(), tasks.Sinusoid(shots=5), optax.adam(1e-3), **args)
+
+
+def test_task_batching_is_resolved_from_what_the_learner_adapts():
+    import flax.linen as nn
+
+    from metajax.training import resolve_task_batching
+
+    images = tasks.FewShot(jnp.zeros((6, 3, 8, 8, 1), jnp.uint8), ways=2, shots=1, queries=1)
+    conv = models.Conv4(filters=4, pool="max", out=2)
+    per_task_conv = "map" if jax.default_backend() == "cpu" else "vmap"
+    assert resolve_task_batching(metajax.MAML(conv), images) == per_task_conv  # adapts the conv kernels
+    assert resolve_task_batching(metajax.MetaSGD(conv), images) == per_task_conv
+    assert resolve_task_batching(metajax.ANIL(models.Conv4(filters=4), nn.Dense(2)), images) == "vmap"  # head only
+    assert resolve_task_batching(metajax.ProtoNet(models.Conv4(filters=4), ways=2), images) == "vmap"
+    assert resolve_task_batching(metajax.MAML(models.MLP()), tasks.Sinusoid()) == "vmap"  # dense weights batch well
+    assert resolve_task_batching(metajax.MAML(conv), images, "vmap") == "vmap"  # the user can force one
+    with pytest.raises(ValueError, match="task_batching must be one of 'vmap', 'map'; got 'pmap'"):
+        resolve_task_batching(metajax.MAML(conv), images, "pmap")

@@ -1,23 +1,38 @@
 """metajax: meta-learning in JAX. Every learner is a pure function of (params, task, key)."""
 
-from metajax import algorithms, datasets, distributed, losses, models, tasks
+from metajax import algorithms, continual, datasets, distributed, learner, losses, models, tasks
 from metajax.algorithms import (
     ANIL,
     MAML,
     FirstOrder,
     Implicit,
     MatchingNet,
+    MetaGradient,
     MetaSGD,
     ProtoNet,
     Reptile,
     SecondOrder,
     inner_loop,
 )
-from metajax.episode import Episode, validate_episode
+from metajax.episode import Episode, StreamBatch, validate_episode
 from metajax.evaluation import confidence_interval, evaluate
+from metajax.learner import Learner, MetaObjective, OnlineLearner
 from metajax.training import TrainState, init_state, make_train_step, meta_step, train
 
 __version__ = "0.1.0"
+
+# Submodules with heavier imports (orbax, matplotlib) load on first use: ``metajax.checkpoint``
+# and ``metajax.plots`` work after ``import metajax``.
+_LAZY = ("checkpoint", "plots")
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return importlib.import_module(f"metajax.{name}")
+    raise AttributeError(f"module 'metajax' has no attribute {name!r}")
+
 
 __all__ = [
     "ANIL",
@@ -25,23 +40,32 @@ __all__ = [
     "Episode",
     "FirstOrder",
     "Implicit",
+    "Learner",
     "MatchingNet",
+    "MetaGradient",
+    "MetaObjective",
     "MetaSGD",
+    "OnlineLearner",
     "ProtoNet",
     "Reptile",
     "SecondOrder",
+    "StreamBatch",
     "TrainState",
     "algorithms",
+    "checkpoint",
     "confidence_interval",
+    "continual",
     "datasets",
     "distributed",
     "evaluate",
     "init_state",
     "inner_loop",
+    "learner",
     "losses",
     "make_train_step",
     "meta_step",
     "models",
+    "plots",
     "tasks",
     "train",
     "validate_episode",

@@ -8,6 +8,7 @@ moment leaves the previous checkpoints intact; the newest ``keep`` are kept.
 
 from __future__ import annotations
 
+import json
 import os
 import warnings
 from pathlib import Path
@@ -21,7 +22,7 @@ from metajax._checks import check_positive_int
 
 
 class CheckpointMismatchError(ValueError):
-    """A checkpoint's arrays do not fit the model being restored (other shapes or structure)."""
+    """A checkpoint does not fit what is restored: other array shapes or structure, or another configuration."""
 
 
 class Checkpointer:
@@ -111,6 +112,28 @@ class Checkpointer:
             return state, record
         raise RuntimeError(f"No checkpoint in {self.directory} could be read:\n" + "\n".join(errors))
 
+    def resume(self, like: Any, record: dict | None = None, ignore: tuple[str, ...] = ()) -> tuple[Any, dict | None]:
+        """The newest readable checkpoint and its record, or ``(like, None)`` when there is none.
+
+        With ``record`` (the configuration of the run about to continue), a checkpoint saved
+        with another configuration is refused: every setting outside ``ignore`` must be equal.
+
+        Raises:
+            CheckpointMismatchError: the checkpoint's record or arrays differ from ``record`` / ``like``.
+            RuntimeError: no checkpoint could be read.
+        """
+        latest = self.latest_step()
+        if latest is None:
+            return like, None
+        if record is not None:
+            differ = differing_settings(self.record(latest), json.loads(json.dumps(record)), ignore)
+            if differ:
+                raise CheckpointMismatchError(
+                    f"{self.directory} holds checkpoints of another configuration "
+                    f"(setting: (checkpoint's, now) = {differ})."
+                )
+        return self.restore(like)
+
     def _restore(self, like: Any, step: int) -> tuple[Any, dict]:
         expected = jax.tree_util.tree_flatten_with_path(like)[0]
         metadata = self._manager.item_metadata(step)["state"]
@@ -167,11 +190,11 @@ def _check_same_arrays(expected, found, where: Path) -> None:
         missing, extra = sorted(want.keys() - have.keys()), sorted(have.keys() - want.keys())
         raise CheckpointMismatchError(
             f"Checkpoint {where} does not match the model: missing {missing[:5]}, unexpected {extra[:5]}. "
-            "Resume with the same --algo, --task, --ways and model options as the run that wrote it."
+            "Restore it into a state of the learner, task and model configuration that wrote it."
         )
     for name, shape in want.items():
         if have[name] != shape:
             raise CheckpointMismatchError(
                 f"Checkpoint {where} does not match the model: {name} has shape {have[name]}, expected {shape}. "
-                "Resume with the same model options as the run that wrote it."
+                "Restore it into a state of the model configuration that wrote it."
             )

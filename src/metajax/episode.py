@@ -89,3 +89,19 @@ def validate_episode(episode: Episode, *, batched: bool, name: str = "episode") 
             f"{name}: support_y and query_y must share a dtype, got "
             f"{arrays['support_y'].dtype} and {arrays['query_y'].dtype}."
         )
+
+
+class StreamBatch(struct.PyTreeNode):
+    """One step of a continual stream, what an :class:`~metajax.learner.OnlineLearner` learns from.
+
+    Attributes:
+        x: ``[B, *feature_shape]`` inputs.
+        y: ``[B, *label_shape]`` targets.
+        task: int32 scalar, the task the step belongs to (learners may ignore it).
+        switched: bool scalar, ``True`` on the first step of a new task segment.
+    """
+
+    x: jax.Array
+    y: jax.Array
+    task: jax.Array
+    switched: jax.Array

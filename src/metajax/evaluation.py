@@ -8,13 +8,16 @@ from typing import Any
 import jax
 import numpy as np
 
-from metajax._checks import check_choice, check_positive_int
+from metajax._checks import check_positive_int
 from metajax._tree import partition
+from metajax.episode import validate_episode
+from metajax.learner import Learner, check_conforms
 from metajax.tasks.base import TaskDistribution
+from metajax.training import resolve_task_batching
 
 
 def evaluate(
-    learner: Any,
+    learner: Learner,
     params: Any,
     task: TaskDistribution,
     *,
@@ -22,7 +25,7 @@ def evaluate(
     num_tasks: int = 600,
     num_steps: int | None = None,
     batch_size: int = 100,
-    task_batching: str = "vmap",
+    task_batching: str | None = None,
 ) -> dict[str, Any]:
     """Adapt to ``num_tasks`` new tasks and summarise the query metrics.
 
@@ -31,14 +34,15 @@ def evaluate(
     are reported before adaptation and after each of ``num_steps`` inner steps.
 
     Args:
-        learner: object with ``evaluate(params, episode, key, num_steps)``.
+        learner: a :class:`~metajax.learner.Learner`.
         params: meta-parameters.
         task: the (held-out) task distribution.
         key: PRNG key; the same key gives the same tasks.
         num_tasks: tasks to average over (the literature uses at least 600).
         num_steps: inner steps at test time; ``None`` is the learner's default.
         batch_size: tasks per compiled batch.
-        task_batching: ``"vmap"`` or ``"map"`` (one task at a time, see ``default_task_batching``).
+        task_batching: ``"vmap"``, ``"map"`` (one task at a time), or ``None`` for the
+            per-backend choice of :func:`~metajax.training.resolve_task_batching`.
 
     Returns:
         ``{"num_tasks": n, "num_steps": s, metric: {"mean": [...], "ci95": [...]}}``: one
@@ -48,7 +52,9 @@ def evaluate(
     if isinstance(num_tasks, bool) or not isinstance(num_tasks, int) or num_tasks < 2:
         raise ValueError(f"num_tasks must be an integer >= 2 (for an interval), got {num_tasks!r}.")
     check_positive_int("batch_size", batch_size)
-    check_choice("task_batching", task_batching, ("vmap", "map"))
+    check_conforms(learner, Learner)
+    validate_episode(jax.eval_shape(lambda k: task.sample(k, 2), key), batched=True, name="the task's episodes")
+    task_batching = resolve_task_batching(learner, task, task_batching)
     if num_steps is not None:
         check_positive_int("num_steps", num_steps, allow_zero=True)
     batch_size = min(batch_size, num_tasks)

@@ -1,4 +1,4 @@
-"""Figures of a run: training curve, metric per adaptation step, sinusoid fits; ``metajax plot DIR``.
+"""Figures of a run: training curve, metric per adaptation step, sinusoid fits, accuracy matrices.
 
 Every function returns a ``matplotlib.figure.Figure`` drawn on its own Agg canvas, so
 nothing here touches pyplot's global backend or needs a display; in a notebook the
@@ -13,7 +13,6 @@ Example:
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -22,6 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from metajax.continual.plots import plot_accuracy_matrix
 
 # Entries of a training-curve record that are not metrics of the learner.
 _CURVE_BOOKKEEPING = ("step", "tasks_per_s", "elapsed_s")
@@ -344,8 +345,6 @@ def plot_run(out_dir: str | os.PathLike, out: str | os.PathLike | None = None) -
     target.mkdir(parents=True, exist_ok=True)
     written = []
     if "learners" in metrics:
-        from metajax.continual.plots import plot_accuracy_matrix
-
         metric = metrics.get("metric", "accuracy")
         for name, result in metrics["learners"].items():
             R = np.array([[math.nan if v is None else v for v in row] for row in result["R"]], np.float64)
@@ -414,32 +413,3 @@ def plot_benchmark(records: str | os.PathLike | Sequence[Mapping], path: str | o
     ax.set_title(f"metajax bench on {where}, jax {machine.get('jax', '?')}{load_text}", fontsize=9)
     ax.invert_yaxis()
     return _finish(fig, path)
-
-
-def add_parser(subparsers) -> argparse.ArgumentParser:
-    """Register ``metajax plot DIR [--out FOLDER]`` on an ``argparse`` subparsers object."""
-    p = subparsers.add_parser("plot", help="write the figures (PNG) of a train or continual run folder")
-    p.add_argument(
-        "run", type=Path, metavar="DIR", help="the --out folder of a train or continual run, or a bench .jsonl file"
-    )
-    p.add_argument(
-        "--out", type=Path, default=None, metavar="FOLDER", help="folder for the PNGs (default: the run folder)"
-    )
-    return p
-
-
-def run(args: argparse.Namespace) -> list[Path]:
-    """Run ``metajax plot``: write the PNGs, print their paths; bad input exits with the reason."""
-    try:
-        if args.run.suffix == ".jsonl":
-            target = Path(args.out or args.run.parent) / (args.run.stem + ".png")
-            target.parent.mkdir(parents=True, exist_ok=True)
-            plot_benchmark(args.run, target)
-            written = [target]
-        else:
-            written = plot_run(args.run, args.out)
-    except (FileNotFoundError, ValueError) as error:
-        raise SystemExit(f"metajax plot: {error}") from error
-    for path in written:
-        print(f"wrote {path}")
-    return written

@@ -1,7 +1,8 @@
 """The meta-training loop: one jitted meta-step over a batch of tasks, Optax outside.
 
-The trainer knows only the learner contract (``init``, ``loss``) and the task contract
-(``sample``); it imports no learner.
+The trainer knows only the learner contract (:class:`~metajax.learner.MetaObjective`:
+``init``, ``loss``, ``adapted_params``) and the task contract (``sample``); it imports no
+learner. The same step runs on one device or with the tasks sharded over a mesh.
 """
 
 from __future__ import annotations
@@ -16,10 +17,14 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import struct
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from metajax._checks import check_choice, check_positive_int
 from metajax._tree import partition
-from metajax.episode import Episode
+from metajax.distributed import TASK_AXIS, replicate
+from metajax.episode import Episode, validate_episode
+from metajax.learner import MetaObjective, check_conforms
 from metajax.tasks.base import TaskDistribution
 
 if TYPE_CHECKING:  # orbax is imported only by runs that checkpoint
@@ -50,18 +55,25 @@ def first_episode(task: TaskDistribution, key: jax.Array) -> Episode:
 
 
 def init_state(
-    learner: Any, task: TaskDistribution, optimizer: optax.GradientTransformation, key: jax.Array
+    learner: MetaObjective, task: TaskDistribution, optimizer: optax.GradientTransformation, key: jax.Array
 ) -> TrainState:
     """Initial meta-parameters and optimizer state.
 
+    The learner is checked against the :class:`~metajax.learner.MetaObjective` protocol
+    and the task's first episode with :func:`~metajax.episode.validate_episode`, once,
+    outside ``jit``.
+
     Args:
-        learner: any object with ``init(key, episode) -> params``.
+        learner: a :class:`~metajax.learner.MetaObjective` (any learner).
         task: the task distribution whose episodes shape the parameters.
         optimizer: the outer (meta) optimizer.
         key: PRNG key; the same key gives the same run.
     """
+    check_conforms(learner, MetaObjective)
     k_init, k_episode, k_run = jax.random.split(key, 3)
-    params = learner.init(k_init, first_episode(task, k_episode))
+    episode = first_episode(task, k_episode)
+    validate_episode(episode, batched=False, name="the task's episode")
+    params = learner.init(k_init, episode)
     return TrainState(jnp.zeros((), jnp.int32), params, optimizer.init(params), _raw_key(k_run))
 
 
@@ -69,16 +81,18 @@ def _raw_key(key: jax.Array) -> jax.Array:
     return jax.random.key_data(key) if jnp.issubdtype(key.dtype, jax.dtypes.prng_key) else key
 
 
-def default_task_batching(per_task_conv_weights: bool) -> str:
-    """How to batch tasks on this backend: ``"vmap"`` or ``"map"``.
+def resolve_task_batching(learner: MetaObjective, task: TaskDistribution, task_batching: str | None = None) -> str:
+    """How to batch ``learner``'s tasks on this backend: ``task_batching``, or the measured choice when ``None``.
 
-    One half of the per-backend switch; the other is ``metajax.models.conv.default_conv_impl``
-    (Conv4's ``impl=None``: ``"patches"`` on CPU, ``"xla"`` elsewhere). ``vmap`` of a
-    convolution whose weights differ per task (MAML's adapted Conv4) becomes a grouped
-    convolution, which XLA's CPU backend runs very slowly; written as patches x matmul it
-    becomes a batched matmul. Measured on 2 busy CPU cores (load 2-5), Conv4-64 5-way 1-shot
-    5 queries, meta-batch 32, 1 inner step, tasks/s (``scripts/benchmark.py --workload
-    maml-omniglot --task-batching vmap,map --conv-impl xla,patches``)::
+    The choice is one half of the per-backend switch; the other is Conv4's ``impl=None``
+    (``metajax.models.conv.default_conv_impl``: ``"patches"`` on CPU, ``"xla"`` elsewhere).
+    ``vmap`` of a convolution whose weights differ per task (MAML's adapted Conv4) becomes
+    a grouped convolution, which XLA's CPU backend runs very slowly; ``lax.map`` runs one
+    task at a time instead. The learner declares what adapts per task
+    (:meth:`~metajax.learner.MetaObjective.adapted_params`); a 4-D kernel among those
+    parameters is a per-task convolution. Measured on 2 busy CPU cores (load 2-5), Conv4-64
+    5-way 1-shot 5 queries, meta-batch 32, 1 inner step, tasks/s (``scripts/benchmark.py
+    --workload maml-omniglot --task-batching vmap,map --conv-impl xla,patches``)::
 
                         xla conv   patches
         first  / vmap      1.2       42.3
@@ -86,14 +100,19 @@ def default_task_batching(per_task_conv_weights: bool) -> str:
         second / vmap      0.9       28.5
         second / map       4.3       35.9
 
-    So on CPU, tasks with per-task conv weights use ``lax.map`` (with patches); everything
-    else, and every accelerator, uses ``vmap``. See ``docs/performance.md``.
+    So on CPU, learners with per-task convolution weights use ``"map"``; everything else,
+    and every accelerator, uses ``"vmap"``. See ``docs/performance.md``.
     """
-    return "map" if per_task_conv_weights and jax.default_backend() == "cpu" else "vmap"
+    if task_batching is not None:
+        check_choice("task_batching", task_batching, TASK_BATCHING)
+        return task_batching
+    shapes = jax.eval_shape(lambda k: learner.init(k, first_episode(task, k)), jax.random.key(0))
+    per_task_conv = any(leaf.ndim == 4 for leaf in jax.tree.leaves(learner.adapted_params(shapes)))
+    return "map" if per_task_conv and jax.default_backend() == "cpu" else "vmap"
 
 
 def batch_value_and_grad(
-    learner: Any, params: Any, episodes: Episode, keys: jax.Array, task_batching: str = "vmap"
+    learner: MetaObjective, params: Any, episodes: Episode, keys: jax.Array, task_batching: str = "vmap"
 ) -> tuple[tuple[jax.Array, dict], Any]:
     """``((mean loss, mean metrics), gradient of the mean loss)`` over a batch of tasks.
 
@@ -124,13 +143,14 @@ def batch_value_and_grad(
 
 
 def meta_step(
-    learner: Any,
+    learner: MetaObjective,
     task: TaskDistribution,
     optimizer: optax.GradientTransformation,
     meta_batch: int,
     task_batching: str = "vmap",
     *,
-    value_and_grad: Callable | None = None,
+    mesh: Mesh | None = None,
+    axis_name: str = TASK_AXIS,
 ) -> Callable[[TrainState], tuple[TrainState, dict]]:
     """The un-jitted meta-step ``state -> (state, metrics)``.
 
@@ -139,16 +159,20 @@ def meta_step(
     differentiates and applies one ``optimizer`` update. ``metrics`` holds the mean
     ``loss`` and the mean of every metric the learner returns.
 
-    ``value_and_grad(params, episodes, keys) -> ((loss, metrics), grads)`` replaces
-    :func:`batch_value_and_grad` for the batch (the sharded step of
-    :mod:`metajax.distributed` passes one that splits the tasks over devices).
+    With a ``mesh``, the tasks are split over its ``axis_name`` devices: each device
+    evaluates ``meta_batch / devices`` of the same episodes the single-device step draws,
+    and the mean loss, metrics and gradient are averaged over devices (``lax.pmean``)
+    before the update, which every device applies to its replica of the parameters.
     """
     check_positive_int("meta_batch", meta_batch)
     check_choice("task_batching", task_batching, TASK_BATCHING)
-    if value_and_grad is None:
+    if mesh is None:
 
         def value_and_grad(params, episodes, keys):
             return batch_value_and_grad(learner, params, episodes, keys, task_batching)
+
+    else:
+        value_and_grad = _sharded_value_and_grad(learner, meta_batch, mesh, task_batching, axis_name)
 
     def step(state: TrainState) -> tuple[TrainState, dict]:
         key, k_tasks, k_loss = jax.random.split(jax.random.wrap_key_data(state.key), 3)
@@ -157,41 +181,125 @@ def meta_step(
         (loss, metrics), grads = value_and_grad(state.params, episodes, keys)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        new = TrainState(state.step + 1, params, opt_state, jax.random.key_data(key))
+        new = state.replace(step=state.step + 1, params=params, opt_state=opt_state, key=jax.random.key_data(key))
         return new, {"loss": loss, **metrics}
 
     return step
 
 
+def _sharded_value_and_grad(learner, meta_batch: int, mesh: Mesh, task_batching: str, axis_name: str) -> Callable:
+    """:func:`batch_value_and_grad` with the tasks split over ``mesh``'s ``axis_name`` and the results averaged."""
+    devices = mesh.shape[axis_name]
+    if meta_batch % devices:
+        raise ValueError(
+            f"meta_batch must be a multiple of the {devices} devices on mesh axis {axis_name!r} "
+            f"(each takes an equal share of the tasks), got meta_batch={meta_batch}."
+        )
+
+    def local(params, episodes, keys):
+        # Mark the replicated parameters as varying over the task axis: a gradient with
+        # respect to a device-invariant value would be summed over devices (its transpose
+        # is a psum), which would mix the tasks of all devices into every inner step.
+        params = jax.lax.pcast(params, axis_name, to="varying")
+        keys = jax.random.wrap_key_data(keys)
+        # Equal shares, so the mean of the devices' means is the mean over all tasks.
+        return jax.lax.pmean(batch_value_and_grad(learner, params, episodes, keys, task_batching), axis_name)
+
+    sharded = jax.shard_map(local, mesh=mesh, in_specs=(P(), P(axis_name), P(axis_name)), out_specs=P())
+
+    def value_and_grad(params, episodes, keys):
+        return sharded(params, episodes, jax.random.key_data(keys))  # raw keys split over the task axis
+
+    return value_and_grad
+
+
+class TrainStep:
+    """The compiled meta-step program :func:`make_train_step` builds, callable as ``state -> (state, metrics)``.
+
+    Attributes:
+        jitted: the ``jax.jit`` function ``(state, task_arrays) -> (state, metrics)``;
+            ``jitted.lower(state, task_arrays)`` gives its cost and memory analyses.
+        task_arrays: the task's arrays (a dataset), passed as arguments rather than
+            embedded in the program (replicated over the mesh, if any).
+        task_batching: the resolved task batching, ``"vmap"`` or ``"map"``.
+    """
+
+    def __init__(self, jitted: Callable, task_arrays: Any, task_batching: str):
+        self.jitted, self.task_arrays, self.task_batching = jitted, task_arrays, task_batching
+
+    def __call__(self, state: TrainState) -> tuple[TrainState, dict]:
+        """Run the step on ``state`` (its buffers are donated)."""
+        return self.jitted(state, self.task_arrays)
+
+
 def make_train_step(
-    learner: Any,
+    learner: MetaObjective,
     task: TaskDistribution,
     optimizer: optax.GradientTransformation,
     meta_batch: int,
     steps_per_call: int = 1,
-    task_batching: str = "vmap",
-) -> Callable[[TrainState], tuple[TrainState, dict]]:
+    task_batching: str | None = None,
+    *,
+    mesh: Mesh | None = None,
+    axis_name: str = TASK_AXIS,
+) -> TrainStep:
     """A jitted function running ``steps_per_call`` meta-steps in one dispatch.
 
     The steps are a ``lax.scan``, so tiny problems (sinusoid) are not bound by Python
     dispatch. The input state's buffers are donated; a task's arrays (a dataset) are
     passed as arguments, not embedded in the program. Metrics come back stacked:
-    ``[steps_per_call]`` per metric.
+    ``[steps_per_call]`` per metric. ``task_batching=None`` is resolved per backend by
+    :func:`resolve_task_batching`. With a ``mesh`` (see :mod:`metajax.distributed`), the
+    tasks are sharded over its ``axis_name`` and the state comes back replicated.
     """
     check_positive_int("steps_per_call", steps_per_call)
     check_positive_int("meta_batch", meta_batch)
+    task_batching = resolve_task_batching(learner, task, task_batching)
     task_arrays, rebuild_task = partition(task)
+    if mesh is not None:
+        _sharded_value_and_grad(learner, meta_batch, mesh, task_batching, axis_name)  # refuse a bad meta_batch now
+        task_arrays = replicate(task_arrays, mesh)
+    config = (learner, optimizer, meta_batch, steps_per_call, task_batching, mesh, axis_name)
+    # The same configuration (equal learner and task, the same optimizer object) reuses one
+    # jitted program, so a second train() call does not trace and compile again.
+    cache_key = (config, jax.tree.structure(task), tuple(_static_leaves(task)))
+    try:
+        many = _PROGRAMS.get(cache_key)
+    except TypeError:  # an unhashable configuration: compile a program of its own
+        cache_key, many = None, None
+    if many is None:
+        many = _program(rebuild_task, *config)
+        if cache_key is not None:
+            _PROGRAMS[cache_key] = many
+            while len(_PROGRAMS) > _MAX_PROGRAMS:
+                _PROGRAMS.pop(next(iter(_PROGRAMS)))
+    return TrainStep(many, task_arrays, task_batching)
 
-    @functools.partial(jax.jit, donate_argnums=0)
+
+_PROGRAMS: dict = {}
+_MAX_PROGRAMS = 64
+
+
+def _static_leaves(task: Any) -> list:
+    return [x for x in jax.tree.leaves(task) if not isinstance(x, jax.Array | np.ndarray)]
+
+
+def _program(rebuild_task, learner, optimizer, meta_batch, steps_per_call, task_batching, mesh, axis_name):
+    """The jitted ``(state, task_arrays) -> (state, stacked metrics)`` of ``steps_per_call`` meta-steps."""
+    shardings = {} if mesh is None else {"out_shardings": NamedSharding(mesh, P())}
+
+    @functools.partial(jax.jit, donate_argnums=0, **shardings)
     def many(state, task_arrays):
-        one = meta_step(learner, rebuild_task(task_arrays), optimizer, meta_batch, task_batching)
+        one = meta_step(
+            learner, rebuild_task(task_arrays), optimizer, meta_batch, task_batching, mesh=mesh, axis_name=axis_name
+        )
         return jax.lax.scan(lambda s, _: one(s), state, None, length=steps_per_call)
 
-    return lambda state: many(state, task_arrays)
+    return many
 
 
 def train(
-    learner: Any,
+    learner: MetaObjective,
     task: TaskDistribution,
     optimizer: optax.GradientTransformation,
     *,
@@ -200,7 +308,8 @@ def train(
     meta_batch: int,
     steps_per_call: int = 1,
     log_every: int = 100,
-    task_batching: str = "vmap",
+    task_batching: str | None = None,
+    mesh: Mesh | None = None,
     state: TrainState | None = None,
     progress: bool = True,
     on_log: Callable[[TrainState, dict], None] | None = None,
@@ -211,7 +320,7 @@ def train(
     """Meta-train ``learner`` on ``task`` for ``num_steps`` meta-steps.
 
     Args:
-        learner: object with ``init`` and ``loss`` (the learner contract).
+        learner: a :class:`~metajax.learner.MetaObjective` (any learner).
         task: task distribution with ``sample(key, n)``.
         optimizer: the outer Optax transformation, e.g. ``optax.adam(1e-3)``.
         key: PRNG key of the run (ignored when ``state`` is given).
@@ -219,7 +328,11 @@ def train(
         meta_batch: tasks per meta-step.
         steps_per_call: meta-steps per jitted dispatch (use 10-100 for sinusoid).
         log_every: meta-steps per history entry (rounded up to whole dispatches).
-        task_batching: ``"vmap"`` or ``"map"`` (``lax.map``, one task at a time).
+        task_batching: ``"vmap"``, ``"map"`` (``lax.map``, one task at a time), or ``None``
+            for the per-backend choice of :func:`resolve_task_batching`.
+        mesh: shard each meta-step's tasks over this mesh's task axis (see
+            :mod:`metajax.distributed`); checkpoints, logs and the progress bar work as on
+            one device. ``meta_batch`` must be a multiple of its devices.
         state: a state to continue from (e.g. a restored checkpoint).
         progress: show a progress bar with loss and tasks/s.
         on_log: called as ``on_log(state, entry)`` after each history entry (checkpoints, logs).
@@ -243,6 +356,9 @@ def train(
         raise ValueError(f"max_seconds must be positive or None, got {max_seconds}.")
     if state is None:
         state = init_state(learner, task, optimizer, key)
+    if mesh is not None:
+        state = replicate(state, mesh)
+    task_batching = resolve_task_batching(learner, task, task_batching)
     step_fns: dict[int, Callable] = {}
     history: list[dict] = []
     done = int(state.step)
@@ -256,7 +372,7 @@ def train(
             if checkpointer is not None:
                 n = min(n, (done // checkpointer.every + 1) * checkpointer.every - done)
             if n not in step_fns:
-                step_fns[n] = make_train_step(learner, task, optimizer, meta_batch, n, task_batching)
+                step_fns[n] = make_train_step(learner, task, optimizer, meta_batch, n, task_batching, mesh=mesh)
             state, metrics = step_fns[n](state)
             metrics = jax.device_get(metrics)
             _check_finite(metrics["loss"], done)

@@ -8,7 +8,7 @@ import optax
 import pytest
 
 import metajax
-from helpers import one_task, regression_learners
+from helpers import one_task
 from metajax import models, tasks
 
 
@@ -24,26 +24,6 @@ def _finite_difference(fn, x, eps=1e-6):
         e[i] = eps
         grads[i] = (fn(x + e) - fn(x - e)) / (2 * eps)
     return grads
-
-
-@pytest.mark.parametrize("name", sorted(regression_learners()))
-def test_vmapped_meta_gradient_equals_mean_of_per_task_gradients(name):
-    learner = regression_learners()[name]
-    task = tasks.Sinusoid(shots=5)
-    episodes = task.sample(jax.random.key(0), 4)
-    keys = jax.random.split(jax.random.key(1), 4)
-    params = learner.init(jax.random.key(2), one_task(task))
-
-    def batch_loss(p):
-        return jnp.mean(jax.vmap(learner.loss, in_axes=(None, 0, 0))(p, episodes, keys)[0])
-
-    batched = jax.grad(batch_loss)(params)
-    per_task = [
-        jax.grad(lambda p, i=i: learner.loss(p, jax.tree.map(lambda a: a[i], episodes), keys[i])[0])(params)
-        for i in range(4)
-    ]
-    looped = jax.tree.map(lambda *g: sum(g) / 4, *per_task)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-4, atol=1e-6), batched, looped)
 
 
 def test_second_order_maml_matches_finite_differences():
@@ -163,3 +143,71 @@ def test_remat_gives_the_same_meta_gradient():
     g1 = jax.grad(lambda p: plain.loss(p, episode, None)[0])(params)
     g2 = jax.grad(lambda p: remat.loss(p, episode, None)[0])(params)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), g1, g2)
+
+
+def _sgd_example_loss(w, xy):
+    x, y = xy
+    return jnp.sum(jnp.square(x @ w - y)), None
+
+
+def test_per_step_inner_loop_equals_an_unrolled_loop_and_its_gradient():
+    xs = jax.random.normal(jax.random.key(0), (4, 1, 3))  # 4 steps, one example each
+    ys = jax.random.normal(jax.random.key(1), (4, 1))
+    w0 = jax.random.normal(jax.random.key(2), (3,))
+
+    def unrolled(w):
+        for x, y in zip(xs, ys, strict=True):
+            w = w - 0.1 * jax.grad(lambda v, x=x, y=y: jnp.sum(jnp.square(x @ v - y)))(w)
+        return w
+
+    def looped(w, meta_gradient):
+        return metajax.inner_loop(_sgd_example_loss, w, (xs, ys), optax.sgd(0.1), None, meta_gradient, per_step=True)[0]
+
+    np.testing.assert_allclose(looped(w0, metajax.SecondOrder()), unrolled(w0), rtol=1e-6)
+    second = jax.jacobian(lambda w: looped(w, metajax.SecondOrder()))(w0)
+    np.testing.assert_allclose(second, jax.jacobian(unrolled)(w0), rtol=1e-5, atol=1e-6)
+    # First order: every inner gradient is a constant, so d(adapted)/d(w0) is the identity.
+    np.testing.assert_allclose(jax.jacobian(lambda w: looped(w, metajax.FirstOrder()))(w0), np.eye(3), atol=1e-6)
+
+
+def test_per_step_data_is_checked_and_implicit_refuses_it():
+    xs, ys, w0 = jnp.zeros((4, 1, 3)), jnp.zeros((4, 1)), jnp.zeros(3)
+    with pytest.raises(ValueError, match=r"one leading size equal to num_steps=3; got leading sizes \[4\]"):
+        metajax.inner_loop(_sgd_example_loss, w0, (xs, ys), optax.sgd(0.1), 3, per_step=True)
+    with pytest.raises(ValueError, match="Implicit\\(\\) differentiates the solution of one inner problem"):
+        metajax.inner_loop(_sgd_example_loss, w0, (xs, ys), optax.sgd(0.1), None, metajax.Implicit(), per_step=True)
+
+
+def test_a_new_meta_gradient_is_one_class_with_its_own_loop():
+    class NoAdaptation(metajax.MetaGradient):
+        """Adaptation skipped: the meta-gradient is the query gradient at the meta-parameters."""
+
+        def loop(self, loss_fn, params, data, optimizer, num_steps, *, per_step, track, remat):
+            tracked = None if track is None else jax.tree.map(lambda a: jnp.stack([a] * (num_steps + 1)), track(params))
+            return params, tracked
+
+    episode = one_task(tasks.Sinusoid(shots=5))
+    net = models.MLP(hidden=(8,), out=1)
+    learner = metajax.MAML(net, inner_lr=0.1, meta_gradient=NoAdaptation())
+    params = learner.init(jax.random.key(0), episode)
+    expected = jnp.mean(jnp.square(net.apply({"params": params}, episode.query_x) - episode.query_y))
+    np.testing.assert_allclose(learner.loss(params, episode, None)[0], expected, rtol=1e-6)
+    assert learner.evaluate(params, episode, None, 2)["mse"].shape == (3,)
+    with pytest.raises(TypeError, match="meta_gradient must be a metajax.MetaGradient"):
+        metajax.MAML(net, meta_gradient=object())
+
+
+def test_optimize_keeps_the_optimizer_state_between_calls():
+    def loss(w, _):
+        return jnp.sum(jnp.square(w - 3.0)), {"w": w}
+
+    adam = optax.adam(0.5)
+    w, state = jnp.zeros(2), adam.init(jnp.zeros(2))
+    for _ in range(2):
+        w, state, aux = metajax.algorithms.optimize(loss, w, state, adam, num_steps=2)
+    reference, ref_state = jnp.zeros(2), adam.init(jnp.zeros(2))
+    for _ in range(4):
+        updates, ref_state = adam.update(jax.grad(lambda v: loss(v, None)[0])(reference), ref_state, reference)
+        reference = optax.apply_updates(reference, updates)
+    np.testing.assert_allclose(w, reference, rtol=1e-6)
+    assert aux["w"].shape == (2,)  # the last step's aux, taken before its update

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from metajax.continual import cli as continual_cli
+from metajax.app import continual as continual_cli
 from metajax.datasets import load_fashion_mnist
 
 
@@ -70,6 +70,12 @@ def test_fashion_mnist_missing_file_says_where(tmp_path):
         load_fashion_mnist("test", root=tmp_path)
 
 
+def test_fashion_mnist_corrupt_file_names_the_file_the_md5_and_the_source(tmp_path):
+    (tmp_path / "t10k-images-idx3-ubyte.gz").write_bytes(b"not the official file")
+    with pytest.raises(ValueError, match=r"t10k-images-idx3-ubyte.gz is corrupt .* md5 bef4ecab.*zalandoresearch"):
+        load_fashion_mnist("test", root=tmp_path)
+
+
 def test_lifelong_on_fashion_mnist(tmp_path, data_root):
     args = _parse(
         [
@@ -107,7 +113,7 @@ def test_lifelong_on_fashion_mnist(tmp_path, data_root):
 
 
 def test_sine_stream_defaults_stay_finite(tmp_path):
-    from metajax import cli
+    from metajax.app import cli
 
     argv = ["continual", "--stream", "sine", "--learners", "ewc", "lamaml", "--tasks", "3", "--train-per-task", "50",
             "--test-per-task", "20", "--out", str(tmp_path)]  # fmt: skip

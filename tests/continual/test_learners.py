@@ -11,7 +11,7 @@ import pytest
 
 import metajax
 from metajax import continual as C
-from metajax import models
+from metajax import losses, models
 
 
 def _tiny_sequence(num_tasks=3, per_task=12, dim=6, classes=4, seed=0):
@@ -30,7 +30,6 @@ def _learners():
     net = models.MLP(hidden=(16,), out=4)
     return {
         "finetune": C.Finetune(net, lr=0.1),
-        "joint": C.Joint(net, lr=0.1),
         "replay": C.ExperienceReplay(net, lr=0.1, capacity=8, replay_batch=4),
         "ewc": C.EWC(net, lr=0.1, strength=1.0),
         "lamaml": C.LaMAML(net, alpha_init=0.1, alpha_lr=0.01, capacity=8, replay_batch=4),
@@ -45,14 +44,14 @@ def test_learner_lowers_its_loss(name):
     seq = _tiny_sequence(num_tasks=1)
     x, y = seq.train_x[0], seq.train_y[0]
     state = learner.init_state(jax.random.key(0), x[:4], y[:4])
-    loss = lambda s: float(learner.objective(learner.predict(s, x), y)[0])  # noqa: E731
+    loss = lambda s: float(losses.resolve(learner.objective, y)(learner.predict(s, x), y)[0])
     before = loss(state)
 
     @jax.jit
     def epoch(state, key):
         def step(s, item):
             xb, yb, k = item
-            return learner.update(s, C.StreamBatch(xb, yb, jnp.int32(0), jnp.bool_(False)), k)[0], None
+            return learner.update(s, metajax.StreamBatch(xb, yb, jnp.int32(0), jnp.bool_(False)), k)[0], None
 
         keys = jax.random.split(key, 3)
         return jax.lax.scan(step, state, (x.reshape(3, 4, -1), y.reshape(3, 4), keys))[0]
@@ -93,10 +92,22 @@ def test_no_recompilation_across_tasks():
     assert set(out["summary"]) == {"acc", "bwt", "fwt", "learning_accuracy", "forgetting"}
 
 
-def test_joint_fills_first_and_last_rows():
-    out = C.run_sequence(_learners()["joint"], _tiny_sequence(), key=jax.random.key(0), batch_size=4)
+def test_joint_training_fills_first_and_last_rows():
+    # Joint (i.i.d.) training, the upper bound: fine-tuning on the stream shuffled across tasks.
+    joint = _learners()["finetune"]
+    out = C.run_sequence(joint, _tiny_sequence(), key=jax.random.key(0), batch_size=4, iid=True)
     assert np.isfinite(out["R"][[0, -1]]).all() and np.isnan(out["R"][1:-1]).all()
-    assert set(out["summary"]) == {"acc"}
+    assert set(out["summary"]) == {"acc"} and out["online"].shape == (9,)
+    sequential = C.run_sequence(joint, _tiny_sequence(), key=jax.random.key(0), batch_size=4)
+    assert np.isfinite(sequential["R"]).all() and "bwt" in sequential["summary"]
+    seq = _tiny_sequence(num_tasks=4)
+    schedule = C.LifelongStream(p_stay=0.6, mixture=(0.4, 0.4, 0.2)).schedule(
+        jax.random.key(1), 40, num_tasks=3, num_ood=1
+    )
+    out = C.run_lifelong(joint, seq, schedule, num_tasks=3, key=jax.random.key(0), batch_size=4, iid=True)
+    n = out["introduced"]
+    assert out["R"].shape == (n + 1, n) and np.isfinite(out["R"][[0, -1]]).all() and np.isnan(out["R"][1:-1]).all()
+    assert set(out["summary"]) == {"acc"} and out["online"].shape == (40,)
 
 
 def test_lifelong_run_fills_R_by_introduction():
@@ -148,7 +159,7 @@ def test_oml_online_learning_with_an_optax_optimizer_is_one_update_per_example()
     learned = oml.learn_online(fresh, x, y, optimizer=adam)
     head, state = fresh["head"], adam.init(fresh["head"])
     for i in range(5):  # the same updates, one example at a time, by hand
-        loss = lambda h, i=i: oml.objective(oml.predict({**fresh, "head": h}, x[i : i + 1]), y[i : i + 1])[0]
+        loss = lambda h, i=i: losses.cross_entropy(oml.predict({**fresh, "head": h}, x[i : i + 1]), y[i : i + 1])[0]
         updates, state = adam.update(jax.grad(loss)(head), state, head)
         head = optax.apply_updates(head, updates)
     np.testing.assert_allclose(learned["head"]["kernel"], head["kernel"], rtol=1e-5, atol=1e-6)
@@ -163,3 +174,5 @@ def test_bad_learner_config_is_named():
         C.EWC(models.MLP(), decay=2)
     with pytest.raises(ValueError, match="batch_size must divide the 12 training examples"):
         C.run_sequence(_learners()["finetune"], _tiny_sequence(), key=jax.random.key(0), batch_size=5)
+    with pytest.raises(TypeError, match="iid must be True or False, got 'yes'"):
+        C.run_sequence(_learners()["finetune"], _tiny_sequence(), key=jax.random.key(0), batch_size=4, iid="yes")

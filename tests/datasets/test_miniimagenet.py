@@ -100,7 +100,7 @@ def test_missing_files_name_what_and_where(tmp_path):
 def test_bad_contents(tmp_path):
     with open(tmp_path / "mini-imagenet-cache-train.pkl", "wb") as f:
         pickle.dump([1, 2], f)
-    with pytest.raises(ValueError, match="'image_data' and 'class_dict', got list"):
+    with pytest.raises(ValueError, match="must hold a dict with keys 'image_data' and 'class_dict', got list"):
         load_miniimagenet("train", root=tmp_path)
     image_data, class_dict = _rows()
     class_dict["n01"] = class_dict["n01"][:-1]

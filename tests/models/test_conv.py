@@ -118,7 +118,7 @@ def test_bfloat16_compute_keeps_float32_params_and_loss_close_to_float32(kind):
     keys = jax.random.split(jax.random.key(2), 4)
 
     def loss_and_grad(learner):
-        fn = lambda p: jnp.mean(jax.vmap(learner.loss, in_axes=(None, 0, 0))(p, episodes, keys)[0])  # noqa: E731
+        fn = lambda p: jnp.mean(jax.vmap(learner.loss, in_axes=(None, 0, 0))(p, episodes, keys)[0])
         return jax.jit(jax.value_and_grad(fn))(params)
 
     (l32, g32), (l16, g16) = loss_and_grad(f32), loss_and_grad(bf16)

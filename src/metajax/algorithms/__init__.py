@@ -6,8 +6,9 @@ from metajax.algorithms.inner import (
     Implicit,
     MetaGradient,
     SecondOrder,
-    fit_supervised,
+    conjugate_gradient,
     inner_loop,
+    optimize,
     scale_by_learned_rates,
 )
 from metajax.algorithms.maml import MAML
@@ -27,7 +28,8 @@ __all__ = [
     "Implicit",
     "MetaGradient",
     "SecondOrder",
-    "fit_supervised",
+    "conjugate_gradient",
     "inner_loop",
+    "optimize",
     "scale_by_learned_rates",
 ]

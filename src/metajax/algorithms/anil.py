@@ -11,8 +11,9 @@ import optax
 
 from metajax import losses
 from metajax._checks import check_positive, check_positive_int
-from metajax.algorithms.inner import MetaGradient, SecondOrder, check_meta_gradient, fit_supervised, sgd_or
+from metajax.algorithms.inner import MetaGradient, SecondOrder, _check_meta_gradient, _fit_supervised, _sgd_or
 from metajax.episode import Episode
+from metajax.learner import Spec, register
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,13 +44,13 @@ class ANIL:
     inner_steps: int = 1
     meta_gradient: MetaGradient = SecondOrder()
     inner_optimizer: optax.GradientTransformation | None = None
-    objective: Callable = losses.mse
+    objective: Callable | None = None
     remat: bool = False
 
     def __post_init__(self):
         check_positive("inner_lr", self.inner_lr)
         check_positive_int("inner_steps", self.inner_steps)
-        check_meta_gradient(self.meta_gradient)
+        _check_meta_gradient(self.meta_gradient)
 
     def init(self, key: jax.Array, episode: Episode) -> dict:
         """``{"body": body weights, "head": head weights}``."""
@@ -57,6 +58,10 @@ class ANIL:
         body = self.body.init(k_body, episode.support_x)["params"]
         features = self.body.apply({"params": body}, episode.support_x)
         return {"body": body, "head": self.head.init(k_head, features)["params"]}
+
+    def adapted_params(self, params: dict) -> dict:
+        """Only the head adapts per task."""
+        return params["head"]
 
     def predict(self, params: dict, x: jax.Array) -> jax.Array:
         """``head(body(x))`` with ``params = {"body", "head"}`` (adapted or not)."""
@@ -76,7 +81,7 @@ class ANIL:
     def loss(self, params: dict, episode: Episode, key: jax.Array) -> tuple[jax.Array, dict]:
         """Query loss of the adapted head on one task, and its metrics."""
         adapted = self.adapt(params, episode.support, key)
-        return self.objective(self.predict(adapted, episode.query_x), episode.query_y)
+        return losses.resolve(self.objective, episode.query_y)(self.predict(adapted, episode.query_x), episode.query_y)
 
     def evaluate(self, params: dict, episode: Episode, key: jax.Array, num_steps: int | None = None) -> dict:
         """Query metrics before adaptation and after each step: arrays ``[num_steps + 1]``."""
@@ -90,14 +95,20 @@ class ANIL:
 
     def _inner(self, params, support, num_steps, query=None):
         sx, sy = support
-        return fit_supervised(
+        return _fit_supervised(
             self._head,
-            self.objective,
+            losses.resolve(self.objective, sy),
             params["head"],
             (self.features(params, sx), sy),
-            sgd_or(self.inner_optimizer, self.inner_lr),
+            _sgd_or(self.inner_optimizer, self.inner_lr),
             self.inner_steps if num_steps is None else num_steps,
             self.meta_gradient,
             query,
             self.remat,
         )
+
+
+@register("anil", family="gradient")
+def _anil(spec: Spec) -> ANIL:
+    """ANIL: ``spec.network(None)`` as body, ``spec.head(outputs)`` adapted."""
+    return ANIL(spec.network(None), spec.head(spec.outputs), inner_lr=spec.inner_lr, inner_steps=spec.inner_steps)

@@ -16,6 +16,7 @@ back through that loop is a value the user passes (as diffrax's ``adjoint=``):
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 import functools
 from collections.abc import Callable
@@ -31,18 +32,52 @@ Params = Any
 LossFn = Callable[[Params, Any], tuple[jax.Array, Any]]
 
 
+class MetaGradient(abc.ABC):
+    """How the result of the inner loop is differentiated with respect to its starting point.
+
+    A meta-gradient is a value passed to a learner (``meta_gradient=``) and to
+    :func:`inner_loop`; :meth:`loop` runs the inner updates so that differentiating its
+    result gives that meta-gradient. A new option is one subclass with its own ``loop``.
+    """
+
+    @abc.abstractmethod
+    def loop(
+        self,
+        loss_fn: LossFn,
+        params: Params,
+        data: Any,
+        optimizer: optax.GradientTransformation,
+        num_steps: int,
+        *,
+        per_step: bool,
+        track: Callable[[Params], Any] | None,
+        remat: bool,
+    ) -> tuple[Params, Any]:
+        """``(adapted, tracked)`` after ``num_steps`` updates; the arguments are :func:`inner_loop`'s."""
+
+
 @dataclasses.dataclass(frozen=True)
-class SecondOrder:
+class SecondOrder(MetaGradient):
     """Differentiate through every inner step: the exact MAML meta-gradient."""
 
+    def loop(self, loss_fn, params, data, optimizer, num_steps, *, per_step, track, remat):
+        """Every update stays on the tape."""
+        grad_fn = _grad_of(loss_fn, data, per_step)
+        return _descend(grad_fn, params, optimizer, num_steps, data if per_step else None, False, track, remat)
+
 
 @dataclasses.dataclass(frozen=True)
-class FirstOrder:
+class FirstOrder(MetaGradient):
     """Drop the inner gradients' dependence on the meta-parameters (first-order MAML)."""
 
+    def loop(self, loss_fn, params, data, optimizer, num_steps, *, per_step, track, remat):
+        """Every inner gradient is a constant (``stop_gradient``)."""
+        grad_fn = _grad_of(loss_fn, data, per_step)
+        return _descend(grad_fn, params, optimizer, num_steps, data if per_step else None, True, track, remat)
+
 
 @dataclasses.dataclass(frozen=True)
-class Implicit:
+class Implicit(MetaGradient):
     """Implicit meta-gradient of the proximal inner problem (iMAML, Rajeswaran et al., 2019).
 
     Attributes:
@@ -57,15 +92,33 @@ class Implicit:
         check_positive("Implicit.prox", self.prox)
         check_positive_int("Implicit.cg_steps", self.cg_steps)
 
+    def loop(self, loss_fn, params, data, optimizer, num_steps, *, per_step, track, remat):
+        """Descend on the proximal problem from ``theta`` untracked; attach the implicit gradient of its solution."""
+        if per_step:
+            raise ValueError(
+                "Implicit() differentiates the solution of one inner problem; it cannot take per_step=True "
+                "(a different loss at every step). Use SecondOrder() or FirstOrder()."
+            )
+        theta = jax.lax.stop_gradient(params)
 
-MetaGradient = SecondOrder | FirstOrder | Implicit
+        def proximal_grad(phi, _):
+            g = jax.grad(lambda p: loss_fn(p, data)[0])(phi)
+            return jax.tree.map(lambda gi, p, t: gi + self.prox * (p - t), g, phi, theta), None
+
+        phi, tracked = _descend(proximal_grad, theta, optimizer, num_steps, None, True, track, remat)
+        phi = _implicit_solution(loss_fn, self.prox, self.cg_steps, params, jax.lax.stop_gradient(phi), data)
+        return phi, tracked
 
 
-def check_meta_gradient(value: Any, *, allowed: tuple[type, ...] = (SecondOrder, FirstOrder, Implicit)) -> None:
+def _check_meta_gradient(value: Any, *, allowed: tuple[type, ...] = (MetaGradient,)) -> None:
     """Raise ``TypeError`` unless ``value`` is an instance of one of ``allowed``."""
     if not isinstance(value, allowed):
-        names = ", ".join(f"metajax.{t.__name__}()" for t in allowed)
-        raise TypeError(f"meta_gradient must be one of {names}; got {value!r}.")
+        names = (
+            ", ".join(f"metajax.{t.__name__}()" for t in allowed)
+            if allowed != (MetaGradient,)
+            else ("a metajax.MetaGradient such as metajax.SecondOrder(), metajax.FirstOrder(), metajax.Implicit()")
+        )
+        raise TypeError(f"meta_gradient must be {names}; got {value!r}.")
 
 
 def inner_loop(
@@ -73,9 +126,10 @@ def inner_loop(
     params: Params,
     data: Any,
     optimizer: optax.GradientTransformation,
-    num_steps: int,
+    num_steps: int | None = None,
     meta_gradient: MetaGradient = SecondOrder(),
     *,
+    per_step: bool = False,
     track: Callable[[Params], Any] | None = None,
     remat: bool = False,
 ) -> tuple[Params, Any]:
@@ -86,10 +140,15 @@ def inner_loop(
             must not close over traced arrays: pass them in ``data`` (the implicit
             meta-gradient needs them as explicit inputs).
         params: starting point (the meta-parameters or a part of them).
-        data: the task's training data, e.g. the support set ``(x, y)``.
-        optimizer: the inner optimizer, e.g. ``optax.sgd(inner_lr)``.
-        num_steps: number of inner updates (0 returns ``params``).
+        data: the task's training data, e.g. the support set ``(x, y)``. With
+            ``per_step=True``, a pytree whose leaves have a leading axis ``[num_steps]``:
+            step ``i`` descends on ``loss_fn(params, data[i])`` (online learning, one
+            example or batch at a time).
+        optimizer: the inner optimizer, e.g. ``optax.sgd(inner_lr)``; its state starts fresh.
+        num_steps: number of inner updates (0 returns ``params``); with ``per_step`` it
+            defaults to the leading size of ``data``.
         meta_gradient: how the result is differentiated with respect to ``params``.
+        per_step: scan over ``data``'s leading axis, one update per slice.
         track: optional ``params -> pytree`` evaluated before the first update and
             after each one (e.g. query metrics); its outputs are stacked along a new
             leading axis of size ``num_steps + 1``.
@@ -99,25 +158,44 @@ def inner_loop(
     Returns:
         ``(adapted, tracked)``; ``tracked`` is ``None`` without ``track``.
     """
+    if per_step:
+        sizes = {leaf.shape[0] for leaf in jax.tree.leaves(data)}
+        if len(sizes) != 1 or (num_steps is not None and sizes != {num_steps}):
+            raise ValueError(
+                f"per_step=True needs every leaf of data to have one leading size equal to num_steps={num_steps}; "
+                f"got leading sizes {sorted(sizes)}."
+            )
+        num_steps = sizes.pop() if num_steps is None else num_steps
+    if num_steps is None:
+        raise ValueError("num_steps is required unless per_step=True.")
     check_positive_int("num_steps", num_steps, allow_zero=True)
-    check_meta_gradient(meta_gradient)
-    if not isinstance(meta_gradient, Implicit):
-        grad_fn = jax.grad(lambda p: loss_fn(p, data)[0])
-        return _descend(grad_fn, params, optimizer, num_steps, isinstance(meta_gradient, FirstOrder), track, remat)
+    _check_meta_gradient(meta_gradient)
+    return meta_gradient.loop(loss_fn, params, data, optimizer, num_steps, per_step=per_step, track=track, remat=remat)
 
-    # iMAML: descend on the proximal problem from theta without tracking gradients,
-    # then attach the implicit gradient of its solution with a custom VJP.
-    theta = jax.lax.stop_gradient(params)
 
-    def proximal_grad(phi):
-        g = jax.grad(lambda p: loss_fn(p, data)[0])(phi)
-        return jax.tree.map(lambda gi, p, t: gi + meta_gradient.prox * (p - t), g, phi, theta)
+def optimize(
+    loss_fn: Callable[[Params, Any], tuple[jax.Array, Any]],
+    params: Params,
+    opt_state: optax.OptState,
+    optimizer: optax.GradientTransformation,
+    xs: Any = None,
+    *,
+    num_steps: int | None = None,
+) -> tuple[Params, optax.OptState, Any]:
+    """Plain optimisation on the inner loop's scan: updates of ``loss_fn(params, x) -> (loss, aux)``.
 
-    phi, tracked = _descend(proximal_grad, theta, optimizer, num_steps, True, track, remat)
-    phi = _implicit_solution(
-        loss_fn, meta_gradient.prox, meta_gradient.cg_steps, params, jax.lax.stop_gradient(phi), data
-    )
-    return phi, tracked
+    One update per slice of ``xs`` (leading axis; e.g. a PRNG key per step) or, with
+    ``xs=None``, ``num_steps`` updates of ``loss_fn(params, None)``. Unlike
+    :func:`inner_loop`, the optimizer state is passed in and returned, so an online
+    learner keeps it from one incoming batch to the next.
+
+    Returns:
+        ``(params, opt_state, aux)`` with ``aux`` of the last step (computed before its update).
+    """
+
+    grad_fn = jax.grad(loss_fn, has_aux=True)
+    (params, opt_state), aux = _scan(grad_fn, params, opt_state, optimizer, xs, num_steps, False, None, False)
+    return params, opt_state, jax.tree.map(lambda a: a[-1], aux)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
@@ -179,21 +257,38 @@ def conjugate_gradient(matvec: Callable[[Params], Params], rhs: Params, steps: i
     return jax.lax.fori_loop(0, steps, body, (x0, rhs, rhs, dot(rhs, rhs), jnp.array(True)))[0]
 
 
-def _descend(grad_fn, params, optimizer, num_steps, stop_inner_gradient, track, remat):
-    """``num_steps`` updates of ``optimizer`` along ``grad_fn`` as a scan; optional tracking."""
+def _grad_of(loss_fn, data, per_step):
+    """``(params, x) -> (gradient, None)``: of ``loss_fn(params, x)`` per step, else of ``loss_fn(params, data)``."""
+    if per_step:
+        return lambda p, x: (jax.grad(lambda q: loss_fn(q, x)[0])(p), None)
+    return lambda p, _: (jax.grad(lambda q: loss_fn(q, data)[0])(p), None)
 
-    def step(carry, _):
-        p, opt_state = carry
-        g = grad_fn(p)
+
+def _scan(grad_fn, params, opt_state, optimizer, xs, length, stop_inner_gradient, track, remat):
+    """THE inner-loop scan: ``grad_fn(p, x) -> (gradient, aux)``; one ``optimizer`` update per step.
+
+    Returns ``((params, opt_state), per-step outputs)``: ``track(p)`` after each update, else ``aux``.
+    """
+
+    def step(carry, x):
+        p, state = carry
+        g, aux = grad_fn(p, x)
         if stop_inner_gradient:
             g = jax.lax.stop_gradient(g)
-        updates, opt_state = optimizer.update(g, opt_state, p)
+        updates, state = optimizer.update(g, state, p)
         p = optax.apply_updates(p, updates)
-        return (p, opt_state), (track(p) if track is not None else None)
+        return (p, state), (track(p) if track is not None else aux)
 
     if remat:
         step = jax.checkpoint(step)
-    (adapted, _), tracked = jax.lax.scan(step, (params, optimizer.init(params)), None, length=num_steps)
+    return jax.lax.scan(step, (params, opt_state), xs, length=None if xs is not None else length)
+
+
+def _descend(grad_fn, params, optimizer, num_steps, xs, stop_inner_gradient, track, remat):
+    """``num_steps`` updates from a fresh optimizer state; ``(adapted, tracked)`` with the start prepended."""
+    (adapted, _), tracked = _scan(
+        grad_fn, params, optimizer.init(params), optimizer, xs, num_steps, stop_inner_gradient, track, remat
+    )
     if track is not None:
         tracked = jax.tree.map(lambda first, rest: jnp.concatenate([first[None], rest]), track(params), tracked)
     return adapted, tracked
@@ -221,7 +316,7 @@ def scale_by_learned_rates(rates: Params) -> optax.GradientTransformation:
     return optax.GradientTransformation(init, update)
 
 
-def fit_supervised(
+def _fit_supervised(
     predict: Callable[[Params, jax.Array], jax.Array],
     objective: Callable,
     params: Params,
@@ -242,7 +337,10 @@ def fit_supervised(
     track = None
     if query is not None:
         qx, qy = query
-        track = lambda p: objective(predict(p, qx), qy)[1]  # noqa: E731
+
+        def track(p):
+            return objective(predict(p, qx), qy)[1]
+
     return inner_loop(
         lambda p, xy: objective(predict(p, xy[0]), xy[1]),
         params,
@@ -255,6 +353,6 @@ def fit_supervised(
     )
 
 
-def sgd_or(optimizer: optax.GradientTransformation | None, lr: float) -> optax.GradientTransformation:
+def _sgd_or(optimizer: optax.GradientTransformation | None, lr: float) -> optax.GradientTransformation:
     """``optimizer`` if given, else plain SGD with step size ``lr`` (MAML's inner update)."""
     return optax.sgd(lr) if optimizer is None else optimizer

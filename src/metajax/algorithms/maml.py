@@ -13,13 +13,16 @@ import optax
 from metajax import losses
 from metajax._checks import check_positive, check_positive_int
 from metajax.algorithms.inner import (
+    FirstOrder,
+    Implicit,
     MetaGradient,
     SecondOrder,
-    check_meta_gradient,
-    fit_supervised,
-    sgd_or,
+    _check_meta_gradient,
+    _fit_supervised,
+    _sgd_or,
 )
 from metajax.episode import Episode
+from metajax.learner import Spec, register
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,7 +41,8 @@ class MAML:
             ``Implicit(prox, cg_steps)`` (iMAML).
         inner_optimizer: an Optax transformation for the inner loop; ``None`` is
             ``optax.sgd(inner_lr)``.
-        objective: ``(predictions, targets) -> (loss, metrics)``, e.g. ``losses.mse``.
+        objective: ``(predictions, targets) -> (loss, metrics)``; ``None`` follows the task
+            (``losses.cross_entropy`` for integer labels, ``losses.mse`` otherwise).
         remat: rematerialise inner steps in the backward pass to save memory.
 
     Example:
@@ -58,17 +62,21 @@ class MAML:
     inner_steps: int = 1
     meta_gradient: MetaGradient = SecondOrder()
     inner_optimizer: optax.GradientTransformation | None = None
-    objective: Callable = losses.mse
+    objective: Callable | None = None
     remat: bool = False
 
     def __post_init__(self):
         check_positive("inner_lr", self.inner_lr)
         check_positive_int("inner_steps", self.inner_steps)
-        check_meta_gradient(self.meta_gradient)
+        _check_meta_gradient(self.meta_gradient)
 
     def init(self, key: jax.Array, episode: Episode) -> Any:
         """Initial meta-parameters, shaped by one (unbatched) episode."""
         return self.model.init(key, episode.support_x)["params"]
+
+    def adapted_params(self, params: Any) -> Any:
+        """Every weight adapts per task."""
+        return params
 
     def predict(self, params: Any, x: jax.Array) -> jax.Array:
         """Model outputs for inputs ``x`` (``[examples, ...]``)."""
@@ -84,7 +92,7 @@ class MAML:
     def loss(self, params: Any, episode: Episode, key: jax.Array) -> tuple[jax.Array, dict]:
         """Query loss of the adapted model on one task, and its metrics."""
         adapted = self.adapt(params, episode.support, key)
-        return self.objective(self.predict(adapted, episode.query_x), episode.query_y)
+        return losses.resolve(self.objective, episode.query_y)(self.predict(adapted, episode.query_x), episode.query_y)
 
     def evaluate(self, params: Any, episode: Episode, key: jax.Array, num_steps: int | None = None) -> dict:
         """Query metrics before adaptation and after each step: arrays ``[num_steps + 1]``."""
@@ -92,8 +100,33 @@ class MAML:
         return self._inner(jax.lax.stop_gradient(params), episode.support, num_steps, episode.query)[1]
 
     def _inner(self, params, support, num_steps, query=None):
-        optimizer = sgd_or(self.inner_optimizer, self.inner_lr)
+        optimizer = _sgd_or(self.inner_optimizer, self.inner_lr)
         steps = self.inner_steps if num_steps is None else num_steps
-        return fit_supervised(
-            self.predict, self.objective, params, support, optimizer, steps, self.meta_gradient, query, self.remat
+        objective = losses.resolve(self.objective, support[1])
+        return _fit_supervised(
+            self.predict, objective, params, support, optimizer, steps, self.meta_gradient, query, self.remat
         )
+
+
+def _maml_like(spec: Spec, meta_gradient: MetaGradient) -> MAML:
+    return MAML(
+        spec.network(spec.outputs), inner_lr=spec.inner_lr, inner_steps=spec.inner_steps, meta_gradient=meta_gradient
+    )
+
+
+@register("maml", family="gradient")
+def _maml(spec: Spec) -> MAML:
+    """Second-order MAML on ``spec.network(outputs)``."""
+    return _maml_like(spec, SecondOrder())
+
+
+@register("fomaml", family="gradient")
+def _fomaml(spec: Spec) -> MAML:
+    """First-order MAML on ``spec.network(outputs)``."""
+    return _maml_like(spec, FirstOrder())
+
+
+@register("imaml", family="gradient")
+def _imaml(spec: Spec, *, prox: float = 1.0, cg_steps: int = 5) -> MAML:
+    """iMAML: the implicit meta-gradient with proximal strength ``prox`` and ``cg_steps`` CG steps."""
+    return _maml_like(spec, Implicit(prox, cg_steps))

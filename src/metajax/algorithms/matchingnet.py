@@ -11,6 +11,7 @@ import jax.numpy as jnp
 from metajax._checks import check_positive, check_positive_int
 from metajax.algorithms.protonet import check_support, flat_embedding, normalize
 from metajax.episode import Episode
+from metajax.learner import Spec, register
 
 # Added to the predicted probabilities before the log, so a zero probability costs a finite loss.
 _LOG_EPS = 1e-8
@@ -136,18 +137,27 @@ class MatchingNet:
         """
         return self._attend(params, self._support_embedding(params, support_x), query_x)
 
-    def adapt(self, params: dict, support: tuple[jax.Array, jax.Array], key: jax.Array) -> dict:
+    def adapted_params(self, params: dict) -> dict:
+        """Nothing: the embeddings are shared by every task."""
+        del params
+        return {}
+
+    def adapt(
+        self, params: dict, support: tuple[jax.Array, jax.Array], key: jax.Array, num_steps: int | None = None
+    ) -> dict:
         """The embedded support set of one task.
 
         Args:
             params: meta-parameters from ``init``.
             support: ``(support_x [S, *features], support_y [S])``.
             key: unused (the adaptation is deterministic).
+            num_steps: ignored: there are no inner steps (accepted so that every learner
+                shares one ``adapt`` signature).
 
         Returns:
             ``{"params": params, "support": g [S, D], "labels": one-hot [S, ways]}``.
         """
-        del key
+        del key, num_steps
         sx, sy = support
         check_support(self.ways, sx, sy)
         g = self._support_embedding(params, sx)
@@ -183,3 +193,9 @@ class MatchingNet:
         if self.fce:
             f = _QueryContext(self.fce_steps).apply({"params": params["query_context"]}, f, g)
         return jax.nn.softmax(self.temperature * (normalize(f) @ normalize(g).T), axis=-1)
+
+
+@register("matchingnet", family="metric", kinds=("classification",))
+def _matchingnet(spec: Spec) -> MatchingNet:
+    """Matching Networks (no full context) on the embedding ``spec.network(None)``, ``outputs`` ways."""
+    return MatchingNet(spec.network(None), ways=spec.outputs)

@@ -15,11 +15,12 @@ from metajax._checks import check_positive, check_positive_int
 from metajax.algorithms.inner import (
     FirstOrder,
     SecondOrder,
-    check_meta_gradient,
-    fit_supervised,
+    _check_meta_gradient,
+    _fit_supervised,
     scale_by_learned_rates,
 )
 from metajax.episode import Episode
+from metajax.learner import Spec, register
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,18 +52,22 @@ class MetaSGD:
     inner_lr: float = 0.01
     inner_steps: int = 1
     meta_gradient: SecondOrder | FirstOrder = SecondOrder()
-    objective: Callable = losses.mse
+    objective: Callable | None = None
     remat: bool = False
 
     def __post_init__(self):
         check_positive("inner_lr", self.inner_lr)
         check_positive_int("inner_steps", self.inner_steps)
-        check_meta_gradient(self.meta_gradient, allowed=(SecondOrder, FirstOrder))
+        _check_meta_gradient(self.meta_gradient, allowed=(SecondOrder, FirstOrder))
 
     def init(self, key: jax.Array, episode: Episode) -> dict:
         """``{"model": initial weights, "lr": step sizes filled with inner_lr}``."""
         weights = self.model.init(key, episode.support_x)["params"]
         return {"model": weights, "lr": jax.tree.map(lambda w: jnp.full_like(w, self.inner_lr), weights)}
+
+    def adapted_params(self, params: dict) -> Any:
+        """The weights adapt per task; the step sizes are shared."""
+        return params["model"]
 
     def predict(self, weights: Any, x: jax.Array) -> jax.Array:
         """Outputs of the model with (adapted) ``weights``, i.e. ``params["model"]`` or ``adapt(...)``."""
@@ -78,7 +83,7 @@ class MetaSGD:
     def loss(self, params: dict, episode: Episode, key: jax.Array) -> tuple[jax.Array, dict]:
         """Query loss of the adapted model on one task, and its metrics."""
         adapted = self.adapt(params, episode.support, key)
-        return self.objective(self.predict(adapted, episode.query_x), episode.query_y)
+        return losses.resolve(self.objective, episode.query_y)(self.predict(adapted, episode.query_x), episode.query_y)
 
     def evaluate(self, params: dict, episode: Episode, key: jax.Array, num_steps: int | None = None) -> dict:
         """Query metrics before adaptation and after each step: arrays ``[num_steps + 1]``."""
@@ -86,9 +91,9 @@ class MetaSGD:
         return self._inner(jax.lax.stop_gradient(params), episode.support, num_steps, episode.query)[1]
 
     def _inner(self, params, support, num_steps, query=None):
-        return fit_supervised(
+        return _fit_supervised(
             self.predict,
-            self.objective,
+            losses.resolve(self.objective, support[1]),
             params["model"],
             support,
             scale_by_learned_rates(params["lr"]),
@@ -97,3 +102,9 @@ class MetaSGD:
             query,
             self.remat,
         )
+
+
+@register("metasgd", family="gradient")
+def _metasgd(spec: Spec) -> MetaSGD:
+    """Meta-SGD on ``spec.network(outputs)``, every step size starting at ``inner_lr``."""
+    return MetaSGD(spec.network(spec.outputs), inner_lr=spec.inner_lr, inner_steps=spec.inner_steps)

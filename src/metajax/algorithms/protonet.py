@@ -12,6 +12,7 @@ import jax.numpy as jnp
 from metajax import losses
 from metajax._checks import check_choice, check_positive, check_positive_int
 from metajax.episode import Episode
+from metajax.learner import Spec, register
 
 DISTANCES = ("euclidean", "cosine")
 
@@ -111,19 +112,28 @@ class ProtoNet:
         # A parameter-free embedding (a fixed feature map) has no "params" collection.
         return self.embed.init(key, episode.support_x).get("params", {})
 
-    def adapt(self, params: Any, support: tuple[jax.Array, jax.Array], key: jax.Array) -> dict:
+    def adapted_params(self, params: Any) -> dict:
+        """Nothing: the embedding is shared by every task, only the prototypes are per task."""
+        del params
+        return {}
+
+    def adapt(
+        self, params: Any, support: tuple[jax.Array, jax.Array], key: jax.Array, num_steps: int | None = None
+    ) -> dict:
         """Prototypes of one task's classes.
 
         Args:
             params: embedding weights.
             support: ``(support_x [S, *features], support_y [S])``.
             key: unused (the adaptation is deterministic).
+            num_steps: ignored: the prototypes are computed in closed form, there are no
+                inner steps (accepted so that every learner shares one ``adapt`` signature).
 
         Returns:
             ``{"params": params, "prototypes": [ways, D]}``; a class without support
             examples gets a zero prototype.
         """
-        del key
+        del key, num_steps
         sx, sy = support
         check_support(self.ways, sx, sy)
         embeddings = flat_embedding(self.embed, params, sx)
@@ -153,3 +163,9 @@ class ProtoNet:
         del num_steps
         _, metrics = self.loss(jax.lax.stop_gradient(params), episode, key)
         return jax.tree.map(lambda m: m[None], metrics)
+
+
+@register("protonet", family="metric", kinds=("classification",))
+def _protonet(spec: Spec) -> ProtoNet:
+    """Prototypical Networks on the embedding ``spec.network(None)``, ``outputs`` ways."""
+    return ProtoNet(spec.network(None), ways=spec.outputs)

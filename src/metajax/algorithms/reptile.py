@@ -13,8 +13,9 @@ import optax
 
 from metajax import losses
 from metajax._checks import check_positive, check_positive_int
-from metajax.algorithms.inner import FirstOrder, fit_supervised, sgd_or
+from metajax.algorithms.inner import FirstOrder, _fit_supervised, _sgd_or
 from metajax.episode import Episode
+from metajax.learner import Spec, register
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,14 +32,17 @@ class Reptile:
         inner_lr: step size of the inner SGD (ignored when ``inner_optimizer`` is set).
         inner_steps: inner updates per task.
         inner_optimizer: an Optax transformation; the Reptile paper uses Adam.
-        objective: ``(predictions, targets) -> (loss, metrics)``.
+        objective: ``(predictions, targets) -> (loss, metrics)``; ``None`` follows the task.
 
     Example:
-        >>> import jax, metajax
+        >>> import jax, jax.numpy as jnp, metajax
         >>> learner = Reptile(metajax.models.MLP(), inner_lr=0.01, inner_steps=5)
         >>> one = jax.tree.map(lambda a: a[0], metajax.tasks.Sinusoid().sample(jax.random.key(0), 1))
         >>> params = learner.init(jax.random.key(1), one)
-        >>> float(learner.loss(params, one, jax.random.key(2))[0]) >= 0
+        >>> grads = jax.grad(lambda p: learner.loss(p, one, jax.random.key(2))[0])(params)
+        >>> adapted = learner.adapt(params, one.support, jax.random.key(2))
+        >>> close = jax.tree.map(lambda g, p, a: bool(jnp.allclose(g, p - a)), grads, params, adapted)
+        >>> all(jax.tree.leaves(close))  # the surrogate's gradient is Reptile's direction
         True
     """
 
@@ -46,7 +50,7 @@ class Reptile:
     inner_lr: float = 0.01
     inner_steps: int = 5
     inner_optimizer: optax.GradientTransformation | None = None
-    objective: Callable = losses.mse
+    objective: Callable | None = None
 
     def __post_init__(self):
         check_positive("inner_lr", self.inner_lr)
@@ -55,6 +59,10 @@ class Reptile:
     def init(self, key: jax.Array, episode: Episode) -> Any:
         """Initial meta-parameters, shaped by one (unbatched) episode."""
         return self.model.init(key, episode.support_x)["params"]
+
+    def adapted_params(self, params: Any) -> Any:
+        """Every weight adapts per task."""
+        return params
 
     def predict(self, params: Any, x: jax.Array) -> jax.Array:
         """Model outputs for inputs ``x``."""
@@ -73,7 +81,9 @@ class Reptile:
         surrogate = 0.5 * sum(
             jnp.sum(jnp.square(p - a)) for p, a in zip(jax.tree.leaves(params), jax.tree.leaves(adapted), strict=True)
         )
-        _, metrics = self.objective(self.predict(adapted, episode.query_x), episode.query_y)
+        _, metrics = losses.resolve(self.objective, episode.query_y)(
+            self.predict(adapted, episode.query_x), episode.query_y
+        )
         return surrogate, metrics
 
     def evaluate(self, params: Any, episode: Episode, key: jax.Array, num_steps: int | None = None) -> dict:
@@ -82,6 +92,13 @@ class Reptile:
         return self._inner(params, episode.support, num_steps, episode.query)[1]
 
     def _inner(self, params, support, num_steps, query=None):
-        optimizer = sgd_or(self.inner_optimizer, self.inner_lr)
+        optimizer = _sgd_or(self.inner_optimizer, self.inner_lr)
         steps = self.inner_steps if num_steps is None else num_steps
-        return fit_supervised(self.predict, self.objective, params, support, optimizer, steps, FirstOrder(), query)
+        objective = losses.resolve(self.objective, support[1])
+        return _fit_supervised(self.predict, objective, params, support, optimizer, steps, FirstOrder(), query)
+
+
+@register("reptile", family="gradient")
+def _reptile(spec: Spec) -> Reptile:
+    """Reptile on ``spec.network(outputs)`` with ``inner_steps`` SGD steps of ``inner_lr`` per task."""
+    return Reptile(spec.network(spec.outputs), inner_lr=spec.inner_lr, inner_steps=spec.inner_steps)

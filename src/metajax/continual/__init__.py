@@ -1,12 +1,11 @@
 """Meta-continual learning: task streams, online learners (OML, La-MAML, MER and baselines), lifelong metrics.
 
 Every online learner is a frozen dataclass with pure ``init_state``, ``update`` and
-``predict`` (see :mod:`metajax.continual.base`); the drivers in
+``predict`` (the :class:`metajax.learner.OnlineLearner` protocol); the drivers in
 :mod:`metajax.continual.protocol` run it over a stream as one ``lax.scan``.
 """
 
-from metajax.continual.base import StreamBatch
-from metajax.continual.baselines import EWC, ExperienceReplay, Finetune, Joint
+from metajax.continual.baselines import EWC, ExperienceReplay, Finetune
 from metajax.continual.buffer import ReplayBuffer
 from metajax.continual.lamaml import LaMAML
 from metajax.continual.mer import MER
@@ -23,21 +22,9 @@ from metajax.continual.metrics import (
 from metajax.continual.oml import OML, ConvRepresentation, reset_outputs
 from metajax.continual.plots import plot_accuracy_matrix
 from metajax.continual.protocol import evaluate_tasks, run_lifelong, run_sequence
-from metajax.continual.streams import (
-    NEW,
-    OOD,
-    SEEN,
-    LifelongStream,
-    Schedule,
-    SineTrajectories,
-    TaskSequence,
-    Trajectories,
-    class_incremental,
-    domain_incremental,
-    draw_batch,
-    incremental_sine,
-    rotate,
-)
+from metajax.tasks.lifelong import NEW, OOD, SEEN, LifelongStream, Schedule, draw_batch
+from metajax.tasks.sequences import TaskSequence, class_incremental, domain_incremental, incremental_sine, rotate
+from metajax.tasks.trajectories import SineTrajectories, Trajectories
 
 __all__ = [
     "ConvRepresentation",
@@ -49,13 +36,11 @@ __all__ = [
     "SEEN",
     "ExperienceReplay",
     "Finetune",
-    "Joint",
     "LaMAML",
     "LifelongStream",
     "ReplayBuffer",
     "Schedule",
     "SineTrajectories",
-    "StreamBatch",
     "TaskSequence",
     "Trajectories",
     "average_accuracy",

@@ -1,4 +1,10 @@
-"""Baselines under the same stream: sequential fine-tuning, experience replay, EWC, joint training."""
+"""Baselines under the same stream: sequential fine-tuning, experience replay, EWC.
+
+Joint (i.i.d.) training, the upper bound, is fine-tuning on the stream shuffled across
+tasks: ``run_sequence(Finetune(...), ..., iid=True)``. Every update runs on the core
+inner-loop scan (:func:`metajax.algorithms.inner.optimize`), with the optimizer state
+kept from one incoming batch to the next.
+"""
 
 from __future__ import annotations
 
@@ -12,32 +18,11 @@ import optax
 
 from metajax import losses
 from metajax._checks import check_positive, check_positive_int
-from metajax.continual.base import StreamBatch, apply_model, mixed_loss
+from metajax.algorithms.inner import _sgd_or, optimize
+from metajax.continual.base import apply_model, mixed_loss
 from metajax.continual.buffer import ReplayBuffer
-
-
-def _optimizer(lr: float, optimizer: optax.GradientTransformation | None) -> optax.GradientTransformation:
-    return optax.sgd(lr) if optimizer is None else optimizer
-
-
-def _descend(opt, loss_fn, params, opt_state, steps: int, key: jax.Array | None = None):
-    """``steps`` ``opt`` updates of ``loss_fn(params, key) -> (objective, metrics)`` in a ``lax.scan``.
-
-    Each step gets its own key split from ``key`` (``None`` when the loss needs none).
-
-    Returns:
-        ``(params, opt_state, metrics)``, the metrics of the last step (taken before it).
-    """
-
-    def step(carry, k):
-        params, opt_state = carry
-        (_, metrics), g = jax.value_and_grad(loss_fn, has_aux=True)(params, k)
-        updates, opt_state = opt.update(g, opt_state, params)
-        return (optax.apply_updates(params, updates), opt_state), metrics
-
-    keys = None if key is None else jax.random.split(key, steps)
-    (params, opt_state), metrics = jax.lax.scan(step, (params, opt_state), keys, length=steps)
-    return params, opt_state, jax.tree.map(lambda a: a[-1], metrics)
+from metajax.episode import StreamBatch
+from metajax.learner import Spec, register
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,15 +37,15 @@ class Finetune:
         lr: SGD step size (ignored when ``optimizer`` is set).
         steps: updates per incoming batch.
         optimizer: an Optax transformation; ``None`` for ``optax.sgd(lr)``.
-        objective: ``(predictions, targets) -> (loss, metrics)``.
+        objective: ``(predictions, targets) -> (loss, metrics)``; ``None`` follows the targets.
 
     Example:
         >>> import jax, jax.numpy as jnp, metajax
-        >>> from metajax.continual.base import StreamBatch
-        >>> learner = Finetune(metajax.models.MLP(hidden=(8,), out=1), lr=0.1, objective=metajax.losses.mse)
+        >>> learner = Finetune(metajax.models.MLP(hidden=(8,), out=1), lr=0.1)
         >>> x, y = jnp.ones((4, 2)), jnp.ones((4, 1))
         >>> state = learner.init_state(jax.random.key(0), x, y)
-        >>> state, m = learner.update(state, StreamBatch(x, y, jnp.int32(0), jnp.bool_(True)), jax.random.key(1))
+        >>> batch = metajax.StreamBatch(x, y, jnp.int32(0), jnp.bool_(True))
+        >>> state, m = learner.update(state, batch, jax.random.key(1))
         >>> sorted(m)
         ['loss', 'mse']
     """
@@ -69,7 +54,7 @@ class Finetune:
     lr: float = 0.01
     steps: int = 1
     optimizer: optax.GradientTransformation | None = None
-    objective: Callable = losses.cross_entropy
+    objective: Callable | None = None
 
     def __post_init__(self):
         check_positive("lr", self.lr)
@@ -79,7 +64,7 @@ class Finetune:
         """``{"params", "opt"}``."""
         del y
         params = self.model.init(key, x)["params"]
-        return {"params": params, "opt": _optimizer(self.lr, self.optimizer).init(params)}
+        return {"params": params, "opt": _sgd_or(self.optimizer, self.lr).init(params)}
 
     def predict(self, state: dict, x: jax.Array) -> jax.Array:
         """Model outputs ``[B, ...]``."""
@@ -89,50 +74,15 @@ class Finetune:
         """``steps`` updates on ``batch``; metrics of the last one (before it)."""
         del key
 
+        objective = losses.resolve(self.objective, batch.y)
+
         def loss_fn(p, _):
-            loss, metrics = self.objective(apply_model(self.model, p, batch.x), batch.y)
+            loss, metrics = objective(apply_model(self.model, p, batch.x), batch.y)
             return loss, {"loss": loss, **metrics}
 
-        opt = _optimizer(self.lr, self.optimizer)
-        params, opt_state, metrics = _descend(opt, loss_fn, state["params"], state["opt"], self.steps)
+        opt = _sgd_or(self.optimizer, self.lr)
+        params, opt_state, metrics = optimize(loss_fn, state["params"], state["opt"], opt, num_steps=self.steps)
         return {"params": params, "opt": opt_state}, metrics
-
-
-@dataclasses.dataclass(frozen=True)
-class Joint:
-    """Joint (i.i.d.) training, the upper bound: fine-tuning on the stream shuffled across tasks.
-
-    The learner is :class:`Finetune`; the class attribute ``iid = True`` tells the drivers
-    of :mod:`metajax.continual.protocol` to shuffle the whole stream's examples before
-    running it, so every batch mixes all tasks. Its accuracy matrix has only the initial
-    and final rows.
-
-    Attributes:
-        model, lr, steps, optimizer, objective: as in :class:`Finetune`.
-    """
-
-    model: nn.Module
-    lr: float = 0.01
-    steps: int = 1
-    optimizer: optax.GradientTransformation | None = None
-    objective: Callable = losses.cross_entropy
-
-    iid = True
-
-    def _base(self) -> Finetune:
-        return Finetune(self.model, self.lr, self.steps, self.optimizer, self.objective)
-
-    def init_state(self, key: jax.Array, x: jax.Array, y: jax.Array) -> dict:
-        """As :meth:`Finetune.init_state`."""
-        return self._base().init_state(key, x, y)
-
-    def predict(self, state: dict, x: jax.Array) -> jax.Array:
-        """As :meth:`Finetune.predict`."""
-        return self._base().predict(state, x)
-
-    def update(self, state: dict, batch: StreamBatch, key: jax.Array) -> tuple[dict, dict]:
-        """As :meth:`Finetune.update` (on an already shuffled stream)."""
-        return self._base().update(state, batch, key)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -153,7 +103,7 @@ class ExperienceReplay:
     lr: float = 0.01
     steps: int = 1
     optimizer: optax.GradientTransformation | None = None
-    objective: Callable = losses.cross_entropy
+    objective: Callable | None = None
     capacity: int = 200
     replay_batch: int = 10
 
@@ -167,7 +117,7 @@ class ExperienceReplay:
         params = self.model.init(key, x)["params"]
         return {
             "params": params,
-            "opt": _optimizer(self.lr, self.optimizer).init(params),
+            "opt": _sgd_or(self.optimizer, self.lr).init(params),
             "buffer": ReplayBuffer.create(self.capacity, x[0], y[0]),
         }
 
@@ -178,15 +128,18 @@ class ExperienceReplay:
     def update(self, state: dict, batch: StreamBatch, key: jax.Array) -> tuple[dict, dict]:
         """``steps`` updates on the batch plus replay, then reservoir insertion."""
         k_add, k_replay = jax.random.split(key)
-        predict = lambda p, x: apply_model(self.model, p, x)  # noqa: E731
+
+        def predict(p, x):
+            return apply_model(self.model, p, x)
 
         def loss_fn(p, k):
             rx, ry, mask = state["buffer"].sample(k, self.replay_batch)
             loss, metrics = mixed_loss(self.objective, predict, p, batch.x, batch.y, rx, ry, mask)
             return loss, {**metrics, "loss": loss}
 
-        opt = _optimizer(self.lr, self.optimizer)
-        params, opt_state, metrics = _descend(opt, loss_fn, state["params"], state["opt"], self.steps, k_replay)
+        opt = _sgd_or(self.optimizer, self.lr)
+        keys = jax.random.split(k_replay, self.steps)
+        params, opt_state, metrics = optimize(loss_fn, state["params"], state["opt"], opt, keys)
         buffer = state["buffer"].add(batch.x, batch.y, k_add)
         return {"params": params, "opt": opt_state, "buffer": buffer}, metrics
 
@@ -211,7 +164,7 @@ class EWC:
     lr: float = 0.01
     steps: int = 1
     optimizer: optax.GradientTransformation | None = None
-    objective: Callable = losses.cross_entropy
+    objective: Callable | None = None
     strength: float = 100.0
     decay: float = 1.0
 
@@ -229,7 +182,7 @@ class EWC:
         zeros = jax.tree.map(jnp.zeros_like, params)
         return {
             "params": params,
-            "opt": _optimizer(self.lr, self.optimizer).init(params),
+            "opt": _sgd_or(self.optimizer, self.lr).init(params),
             "anchor": params,
             "fisher": zeros,
             "task_fisher": zeros,
@@ -251,19 +204,21 @@ class EWC:
         task_fisher = jax.tree.map(lambda f: jnp.where(done, 0.0, f), state["task_fisher"])
         task_batches = jnp.where(done, 0.0, state["task_batches"])
 
+        objective = losses.resolve(self.objective, batch.y)
+
         def loss_fn(p, _):
-            loss, metrics = self.objective(apply_model(self.model, p, batch.x), batch.y)
+            loss, metrics = objective(apply_model(self.model, p, batch.x), batch.y)
             penalty = sum(
                 jnp.sum(F * jnp.square(q - a))
                 for F, q, a in zip(jax.tree.leaves(fisher), jax.tree.leaves(p), jax.tree.leaves(anchor), strict=True)
             )
             return loss + 0.5 * self.strength * penalty, {**metrics, "loss": loss}
 
-        opt = _optimizer(self.lr, self.optimizer)
-        params, opt_state, metrics = _descend(opt, loss_fn, state["params"], state["opt"], self.steps)
+        opt = _sgd_or(self.optimizer, self.lr)
+        params, opt_state, metrics = optimize(loss_fn, state["params"], state["opt"], opt, num_steps=self.steps)
 
         def example_grad(x, y):
-            return jax.grad(lambda p: self.objective(apply_model(self.model, p, x[None]), y[None])[0])(params)
+            return jax.grad(lambda p: objective(apply_model(self.model, p, x[None]), y[None])[0])(params)
 
         sq = jax.tree.map(lambda g: jnp.mean(jnp.square(g), axis=0), jax.vmap(example_grad)(batch.x, batch.y))
         new = {
@@ -275,3 +230,21 @@ class EWC:
             "task_batches": task_batches + 1.0,
         }
         return new, metrics
+
+
+@register("finetune", family="continual")
+def _finetune(spec: Spec) -> Finetune:
+    """Sequential fine-tuning of ``spec.network(outputs)`` by SGD with step ``inner_lr``."""
+    return Finetune(spec.network(spec.outputs), lr=spec.inner_lr)
+
+
+@register("replay", family="continual")
+def _replay(spec: Spec, *, capacity: int = 200, replay_batch: int = 10) -> ExperienceReplay:
+    """Experience replay on ``spec.network(outputs)`` by SGD with step ``inner_lr``."""
+    return ExperienceReplay(spec.network(spec.outputs), lr=spec.inner_lr, capacity=capacity, replay_batch=replay_batch)
+
+
+@register("ewc", family="continual")
+def _ewc(spec: Spec, *, strength: float = 100.0) -> EWC:
+    """Online EWC on ``spec.network(outputs)`` by SGD with step ``inner_lr``."""
+    return EWC(spec.network(spec.outputs), lr=spec.inner_lr, strength=strength)

@@ -8,11 +8,15 @@ from collections.abc import Callable
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import optax
 
 from metajax import losses
 from metajax._checks import check_positive, check_positive_int
-from metajax.continual.base import StreamBatch, apply_model, sgd, tree_lerp
+from metajax.algorithms.inner import FirstOrder, inner_loop
+from metajax.continual.base import apply_model, tree_lerp
 from metajax.continual.buffer import ReplayBuffer
+from metajax.episode import StreamBatch
+from metajax.learner import Spec, register
 
 
 @dataclasses.dataclass(frozen=True)
@@ -21,12 +25,12 @@ class MER:
 
     For every incoming example: ``batches`` times, draw ``batch_size - 1`` examples from the
     reservoir buffer and add the incoming one; take one SGD step (``lr``) per example of
-    that batch, then pull the weights back towards the batch's starting point,
-    ``theta <- theta_start + beta * (theta - theta_start)`` (within-batch Reptile). After the
-    batches, ``theta <- theta_0 + gamma * (theta - theta_0)`` (across-batch Reptile). The
-    incoming example then enters the buffer. Reptile's interpolation makes the update
-    favour gradient alignment between old and new examples, i.e. less interference.
-    While the buffer is empty, replayed slots take no step.
+    that batch (:func:`~metajax.inner_loop` with ``per_step=True``), then pull the weights
+    back towards the batch's starting point, ``theta <- theta_start + beta * (theta - theta_start)``
+    (within-batch Reptile). After the batches, ``theta <- theta_0 + gamma * (theta - theta_0)``
+    (across-batch Reptile). The incoming example then enters the buffer. Reptile's
+    interpolation makes the update favour gradient alignment between old and new
+    examples, i.e. less interference. While the buffer is empty, replayed slots take no step.
 
     Attributes:
         model: flax module ``x -> predictions``.
@@ -36,7 +40,7 @@ class MER:
         batches: batches per incoming example (``s``).
         batch_size: examples per batch including the incoming one (``k``).
         capacity: buffer slots.
-        objective: ``(predictions, targets) -> (loss, metrics)``.
+        objective: ``(predictions, targets) -> (loss, metrics)``; ``None`` follows the targets.
     """
 
     model: nn.Module
@@ -46,7 +50,7 @@ class MER:
     batches: int = 5
     batch_size: int = 10
     capacity: int = 200
-    objective: Callable = losses.cross_entropy
+    objective: Callable | None = None
 
     def __post_init__(self):
         for name in ("lr", "beta", "gamma"):
@@ -64,12 +68,14 @@ class MER:
 
     def update(self, state: dict, batch: StreamBatch, key: jax.Array) -> tuple[dict, dict]:
         """MER on each incoming example in turn (a ``lax.scan``)."""
-        loss, metrics = self.objective(self.predict(state, batch.x), batch.y)
+        objective = losses.resolve(self.objective, batch.y)
+        loss, metrics = objective(self.predict(state, batch.x), batch.y)
 
-        def grad_step(p, example):
+        def weighted_loss(p, example):
+            # A masked-off (empty) replay slot has weight 0, so its SGD step is zero.
             x, y, w = example
-            g = jax.grad(lambda q: self.objective(apply_model(self.model, q, x[None]), y[None])[0])(p)
-            return sgd(p, g, self.lr * w), None
+            value, aux = objective(apply_model(self.model, p, x[None]), y[None])
+            return w * value, aux
 
         def per_example(carry, item):
             params, buffer = carry
@@ -79,10 +85,12 @@ class MER:
             def one_batch(p, kb):
                 rx, ry, mask = buffer.sample(kb, max(self.batch_size - 1, 1))
                 w = mask.astype(jnp.float32) if self.batch_size > 1 else jnp.zeros_like(mask, jnp.float32)
-                xs = jnp.concatenate([rx, x[None]])
-                ys = jnp.concatenate([ry, y[None]])
-                ws = jnp.concatenate([w, jnp.ones((1,), jnp.float32)])
-                end = jax.lax.scan(grad_step, p, (xs, ys, ws))[0]
+                data = (
+                    jnp.concatenate([rx, x[None]]),
+                    jnp.concatenate([ry, y[None]]),
+                    jnp.concatenate([w, jnp.ones((1,), jnp.float32)]),
+                )
+                end, _ = inner_loop(weighted_loss, p, data, optax.sgd(self.lr), None, FirstOrder(), per_step=True)
                 return tree_lerp(p, end, self.beta), None
 
             end = jax.lax.scan(one_batch, params, jax.random.split(k_batches, self.batches))[0]
@@ -92,3 +100,17 @@ class MER:
         keys = jax.random.split(key, batch.x.shape[0])
         params, buffer = jax.lax.scan(per_example, (state["params"], state["buffer"]), (batch.x, batch.y, keys))[0]
         return {"params": params, "buffer": buffer}, {**metrics, "loss": loss}
+
+
+@register("mer", family="continual")
+def _mer(spec: Spec, *, capacity: int = 200, replay_batch: int = 10) -> MER:
+    """MER with SGD step ``inner_lr``, two batches of about ``replay_batch / 2`` per example (Riemer et al.)."""
+    return MER(
+        spec.network(spec.outputs),
+        lr=spec.inner_lr,
+        beta=0.1,
+        gamma=1.0,
+        batches=2,
+        batch_size=replay_batch // 2 + 1,
+        capacity=capacity,
+    )

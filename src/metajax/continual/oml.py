@@ -19,8 +19,10 @@ import optax
 
 from metajax import losses
 from metajax._checks import check_positive
-from metajax.continual.base import StreamBatch, apply_model
-from metajax.episode import Episode
+from metajax.algorithms.inner import inner_loop
+from metajax.continual.base import apply_model
+from metajax.episode import Episode, StreamBatch
+from metajax.learner import Spec, register
 
 
 class ConvRepresentation(nn.Module):
@@ -111,8 +113,8 @@ class OML:
 
     Meta-parameters are ``{"representation": ..., "head": ...}``. Meta-training follows
     the core contract (``init``, ``loss`` on one :class:`Episode`), so
-    :func:`metajax.train` runs it, with episodes from :class:`~metajax.continual.streams.Trajectories`
-    (or :class:`~metajax.continual.streams.SineTrajectories`): the support set is a
+    :func:`metajax.train` runs it, with episodes from :class:`~metajax.tasks.Trajectories`
+    (or :class:`~metajax.tasks.SineTrajectories`): the support set is a
     trajectory learned by the head one example at a time with SGD (``inner_lr``), the
     meta-loss is the objective of the adapted head on the remember set (the query set)
     together with the trajectory, and its gradient reaches the representation through the
@@ -128,7 +130,7 @@ class OML:
         head: flax module ``features -> predictions`` (an ``nn.Dense`` or an MLP).
         inner_lr: SGD step size of the inner loop.
         online_lr: SGD step size when learning online; ``None`` for ``inner_lr``.
-        objective: ``(predictions, targets) -> (loss, metrics)``.
+        objective: ``(predictions, targets) -> (loss, metrics)``; ``None`` follows the targets.
         reset: zero the output rows of the trajectory's classes before the inner loop
             (classification with global labels).
         meta: ``False`` gives the pretraining baseline of the paper: the same networks
@@ -137,9 +139,9 @@ class OML:
 
     Example:
         >>> import jax, flax.linen as nn, metajax
-        >>> from metajax.continual.streams import SineTrajectories
+        >>> from metajax.tasks import SineTrajectories
         >>> rep = metajax.models.MLP(hidden=(16,), out=None)
-        >>> learner = OML(rep, nn.Dense(1), objective=metajax.losses.mse, reset=False)
+        >>> learner = OML(rep, nn.Dense(1), reset=False)
         >>> episodes = SineTrajectories(functions=2, shots=3, remember=4).sample(jax.random.key(0), 1)
         >>> ep = jax.tree.map(lambda a: a[0], episodes)
         >>> params = learner.init(jax.random.key(1), ep)
@@ -152,7 +154,7 @@ class OML:
     head: nn.Module
     inner_lr: float = 0.03
     online_lr: float | None = None
-    objective: Callable = losses.cross_entropy
+    objective: Callable | None = None
     reset: bool = True
     meta: bool = True
 
@@ -166,6 +168,10 @@ class OML:
     def init(self, key: jax.Array, episode: Episode) -> dict:
         """``{"representation", "head"}`` shaped by one episode."""
         return self.init_params(key, episode.support_x)
+
+    def adapted_params(self, params: dict) -> dict:
+        """The head: the only part learned per trajectory."""
+        return params["head"]
 
     def init_params(self, key: jax.Array, x: jax.Array) -> dict:
         """``{"representation", "head"}`` shaped by inputs ``x [B, ...]``."""
@@ -187,29 +193,31 @@ class OML:
         del key
         x = jnp.concatenate([episode.query_x, episode.support_x])
         y = jnp.concatenate([episode.query_y, episode.support_y])
+        objective = losses.resolve(self.objective, y)
         if not self.meta:
-            return self.objective(self.predict(params, x), y)
+            return objective(self.predict(params, x), y)
         head = params["head"]
         if self.reset:
             head = reset_outputs(head, episode.support_y)
         traj_features = self.features(params["representation"], episode.support_x)
         adapted = self.learn_features(head, traj_features, episode.support_y, optax.sgd(self.inner_lr))
         feats = self.features(params["representation"], x)
-        loss, metrics = self.objective(apply_model(self.head, adapted, feats), y)
-        _, before = self.objective(apply_model(self.head, head, feats), y)
+        loss, metrics = objective(apply_model(self.head, adapted, feats), y)
+        _, before = objective(apply_model(self.head, head, feats), y)
         return loss, {**metrics, **{f"{k}_before": v for k, v in before.items()}}
 
     def learn_features(self, head: Any, features: jax.Array, y: jax.Array, optimizer: optax.GradientTransformation):
-        """The head after one ``optimizer`` update per example ``(features[i], y[i])``, in order (a ``lax.scan``)."""
+        """The head after one ``optimizer`` update per example ``(features[i], y[i])``, in order.
 
-        def step(carry, fy):
-            h, state = carry
+        :func:`~metajax.inner_loop` with ``per_step=True``, differentiable end to end (second order).
+        """
+        objective = losses.resolve(self.objective, y)
+
+        def example_loss(h, fy):
             f, t = fy
-            g = jax.grad(lambda q: self.objective(apply_model(self.head, q, f[None]), t[None])[0])(h)
-            updates, state = optimizer.update(g, state, h)
-            return (optax.apply_updates(h, updates), state), None
+            return objective(apply_model(self.head, h, f[None]), t[None])
 
-        return jax.lax.scan(step, (head, optimizer.init(head)), (features, y))[0][0]
+        return inner_loop(example_loss, head, (features, y), optimizer, per_step=True)[0]
 
     def learn_online(
         self,
@@ -271,5 +279,11 @@ class OML:
     def update(self, state: dict, batch: StreamBatch, key: jax.Array) -> tuple[dict, dict]:
         """Learn the batch one example at a time, head only (``state`` is the parameter dict)."""
         del key
-        loss, metrics = self.objective(self.predict(state, batch.x), batch.y)
+        loss, metrics = losses.resolve(self.objective, batch.y)(self.predict(state, batch.x), batch.y)
         return self.learn_online(state, batch.x, batch.y), {"loss": loss, **metrics}
+
+
+@register("oml", family="continual")
+def _oml(spec: Spec, *, reset: bool = True) -> OML:
+    """OML with ``spec.network(None)`` as representation and ``spec.head(outputs)`` learned online at ``inner_lr``."""
+    return OML(spec.network(None), spec.head(spec.outputs), inner_lr=spec.inner_lr, reset=reset)

@@ -14,20 +14,27 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from metajax import losses
 from metajax._checks import check_positive_int
 from metajax._tree import partition
 from metajax.continual import metrics as M
-from metajax.continual.base import StreamBatch
-from metajax.continual.streams import NEW, OOD, SEEN, Schedule, TaskSequence, draw_batch
+from metajax.episode import StreamBatch
+from metajax.tasks.lifelong import NEW, OOD, SEEN, Schedule, draw_batch
+from metajax.tasks.sequences import TaskSequence
 
 
 def _metric(learner, state, x, y, metric: str) -> jax.Array:
-    return learner.objective(learner.predict(state, x), y)[1][metric]
+    return losses.resolve(learner.objective, y)(learner.predict(state, x), y)[1][metric]
 
 
 def evaluate_tasks(learner: Any, state: Any, sequence: TaskSequence, metric: str = "accuracy") -> jax.Array:
     """``metric`` of the learner on every task's test set: ``[T]`` (traceable; ``lax.map`` over tasks)."""
     return jax.lax.map(lambda xy: _metric(learner, state, xy[0], xy[1], metric), (sequence.test_x, sequence.test_y))
+
+
+def _check_iid(iid) -> None:
+    if not isinstance(iid, bool | np.bool_):
+        raise TypeError(f"iid must be True or False, got {iid!r}.")
 
 
 def _batches(x: jax.Array, batch_size: int, name: str) -> jax.Array:
@@ -45,14 +52,15 @@ def run_sequence(
     batch_size: int = 1,
     state: Any = None,
     metric: str = "accuracy",
+    iid: bool = False,
 ) -> dict:
     """Learn the tasks of ``sequence`` one after the other, in one pass, and fill ``R``.
 
     Each task's training examples arrive in order, ``batch_size`` at a time; the first
     batch of a task carries ``switched = True``. After each task the learner is tested on
-    every task. Learners with ``iid = True`` (:class:`~metajax.continual.baselines.Joint`)
-    instead see all tasks' examples shuffled together, and only ``R``'s first and last
-    rows are filled (the others are NaN).
+    every task. With ``iid=True`` (joint training, the upper bound) the learner instead
+    sees all tasks' examples shuffled together, never with ``switched = True``, and only
+    ``R``'s first and last rows are filled (the others are NaN).
 
     Args:
         learner: an online learner (:mod:`metajax.continual.base`).
@@ -61,19 +69,21 @@ def run_sequence(
         batch_size: examples per stream step; must divide the examples per task.
         state: a starting state (e.g. OML's meta-trained parameters); ``None`` to initialise.
         metric: the objective's metric filling ``R`` (``"accuracy"``, or ``"mse"`` for regression).
+        iid: joint (i.i.d.) training: shuffle the stream across tasks (e.g. ``Finetune``
+            run with ``iid=True`` is the usual upper bound).
 
     Returns:
         ``{"R": [T + 1, T] array, "online": [steps] metric of each batch before its
         update, "online_cumulative": [steps], "summary": matrix metrics (ACC etc.; only
-        ``acc`` for i.i.d. learners)}``, NumPy on the host.
+        ``acc`` with ``iid=True``)}``, NumPy on the host.
     """
     check_positive_int("batch_size", batch_size)
+    _check_iid(iid)
     T = sequence.num_tasks
     k_init, k_run, k_shuffle = jax.random.split(key, 3)
     if state is None:
         state = learner.init_state(k_init, sequence.train_x[0, :batch_size], sequence.train_y[0, :batch_size])
     seq_arrays, rebuild = partition(sequence)
-    iid = getattr(learner, "iid", False)
 
     @jax.jit
     def learn(state, xs, ys, task, key):
@@ -132,6 +142,7 @@ def run_lifelong(
     batch_size: int = 10,
     state: Any = None,
     metric: str = "accuracy",
+    iid: bool = False,
 ) -> dict:
     """Run a lifelong stream (one jitted ``lax.scan`` over all steps) and measure it.
 
@@ -141,7 +152,8 @@ def run_lifelong(
     test metric on the in-distribution tasks just before task ``k`` (0-based) is first
     introduced, i.e. after the stream so far covered tasks ``0..k-1`` (with revisits);
     the last row is the end of the stream. Columns of tasks never introduced are dropped.
-    For ``iid`` learners the steps are shuffled first (R keeps only its first and last rows).
+    With ``iid=True`` (joint training, the upper bound) the steps are shuffled across the
+    stream first and none raises ``switched``; ``R`` keeps only its first and last rows.
 
     Args:
         learner: an online learner.
@@ -152,6 +164,7 @@ def run_lifelong(
         batch_size: examples per step.
         state: a starting state, or ``None`` to initialise.
         metric: the objective's metric.
+        iid: joint (i.i.d.) training: shuffle the stream's steps across tasks.
 
     Returns:
         ``{"R", "online" [steps], "online_cumulative", "online_by_source" (mean online
@@ -159,13 +172,13 @@ def run_lifelong(
     """
     check_positive_int("batch_size", batch_size)
     check_positive_int("num_tasks", num_tasks)
+    _check_iid(iid)
     if pool.num_tasks < num_tasks:
         raise ValueError(f"pool holds {pool.num_tasks} tasks, fewer than num_tasks={num_tasks}.")
     k_init, k_run, k_shuffle = jax.random.split(key, 3)
     in_dist = jax.tree.map(lambda a: a[:num_tasks], pool)
     if state is None:
         state = learner.init_state(k_init, pool.train_x[0, :batch_size], pool.train_y[0, :batch_size])
-    iid = getattr(learner, "iid", False)
     if iid:
         perm = jax.random.permutation(k_shuffle, schedule.task.shape[0])
         schedule = Schedule(schedule.task[perm], schedule.source[perm], jnp.zeros_like(schedule.switched))

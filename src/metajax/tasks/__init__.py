@@ -1,11 +1,35 @@
 """Task distributions: ``sample(key, num_tasks) -> Episode`` with a leading task axis.
 
 Every distribution draws its episodes on the device from a PRNG key, so the trainer
-samples inside the jitted meta-step.
+samples inside the jitted meta-step. :mod:`metajax.tasks.trajectories` holds OML's
+meta-training distributions; the continual-learning streams are
+:mod:`metajax.tasks.sequences` (a fixed sequence of tasks, :class:`TaskSequence`) and
+:mod:`metajax.tasks.lifelong` (an OSAKA-style schedule over a pool of tasks).
 """
 
 from metajax.tasks.base import TaskDistribution
 from metajax.tasks.fewshot import FewShot, benchmark
+from metajax.tasks.lifelong import NEW, OOD, SEEN, LifelongStream, Schedule, draw_batch
+from metajax.tasks.sequences import TaskSequence, class_incremental, domain_incremental, incremental_sine, rotate
 from metajax.tasks.sinusoid import Sinusoid
+from metajax.tasks.trajectories import SineTrajectories, Trajectories
 
-__all__ = ["TaskDistribution", "Sinusoid", "FewShot", "benchmark"]
+__all__ = [
+    "TaskDistribution",
+    "Sinusoid",
+    "FewShot",
+    "benchmark",
+    "Trajectories",
+    "SineTrajectories",
+    "TaskSequence",
+    "class_incremental",
+    "domain_incremental",
+    "incremental_sine",
+    "rotate",
+    "SEEN",
+    "NEW",
+    "OOD",
+    "Schedule",
+    "LifelongStream",
+    "draw_batch",
+]

@@ -1,8 +1,5 @@
 """``metajax continual``: run continual learners on one stream, write ``OUT/metrics.json``.
 
-Wire into ``metajax.cli`` with ``continual_cli.add_parser(sub)`` when building the parser
-and ``continual_cli.run(args)`` for ``args.command == "continual"``.
-
 Streams: ``rotated-fmnist`` / ``permuted-fmnist`` (domain-incremental Fashion-MNIST,
 10 classes) and ``sine`` (OML's incremental sine waves, MSE). With ``--lifelong`` the
 tasks are served by an OSAKA-style schedule (``--p-stay``, ``--mixture seen new ood``);
@@ -25,7 +22,10 @@ import shutil
 import time
 from pathlib import Path
 
-LEARNERS = ("oml", "lamaml", "mer", "finetune", "replay", "ewc", "joint")
+from metajax import learner as registry
+from metajax.app.runs import machine, resume_or_exit, write_json_atomic
+
+LEARNERS = (*registry.names(family="continual"), "joint")
 STREAMS = ("rotated-fmnist", "permuted-fmnist", "sine")
 RESUMABLE_CHANGES = ("out", "resume", "learners")  # settings a resumed run may change
 
@@ -117,11 +117,11 @@ def build_streams(args, key):
     import jax
     import numpy as np
 
-    from metajax.continual import streams
+    from metajax import tasks
 
     k_seq, k_ood, k_meta = jax.random.split(key, 3)
     if args.stream == "sine":
-        seq = streams.incremental_sine(
+        seq = tasks.incremental_sine(
             k_seq,
             num_functions=args.tasks,
             train_per_function=args.train_per_task,
@@ -136,7 +136,7 @@ def build_streams(args, key):
     transform = "rotation" if args.stream == "rotated-fmnist" else "permutation"
     other = "permutation" if transform == "rotation" else "rotation"
     make = lambda k, t, n: flatten(
-        streams.domain_incremental(  # noqa: E731
+        tasks.domain_incremental(
             k,
             images,
             labels,
@@ -158,44 +158,21 @@ def flatten(seq):
 
 
 def build_learner(name: str, args, kind: str):
-    """The learner ``name`` with a 2-hidden-layer MLP (OML: the first layers as representation, a linear head)."""
-    from metajax import continual as C
-    from metajax import losses, models
+    """The registered learner ``name`` on a 2-hidden-layer MLP (OML: its layers as representation, a linear head).
 
-    out = 1 if kind == "regression" else 10
-    objective = losses.mse if kind == "regression" else losses.cross_entropy
-    net = models.MLP(hidden=(args.hidden, args.hidden), out=out)
-    common = dict(objective=objective)
-    if name == "oml":
-        return C.OML(
-            models.MLP(hidden=(args.hidden, args.hidden), out=None),
-            models.MLP(hidden=(), out=out),
-            inner_lr=args.lr,
-            objective=objective,
-            reset=False,
-        )
-    if name == "lamaml":
-        return C.LaMAML(
-            net, alpha_init=args.lr, alpha_lr=args.lr, capacity=args.capacity, replay_batch=args.replay_batch, **common
-        )
-    if name == "mer":
-        return C.MER(
-            net,
-            lr=args.lr,
-            beta=0.1,
-            gamma=1.0,
-            batches=2,
-            batch_size=args.replay_batch // 2 + 1,
-            capacity=args.capacity,
-            **common,
-        )
-    if name == "finetune":
-        return C.Finetune(net, lr=args.lr, **common)
-    if name == "replay":
-        return C.ExperienceReplay(net, lr=args.lr, capacity=args.capacity, replay_batch=args.replay_batch, **common)
-    if name == "ewc":
-        return C.EWC(net, lr=args.lr, strength=args.ewc_strength, **common)
-    return C.Joint(net, lr=args.lr, **common)
+    ``joint`` is fine-tuning, run on the shuffled stream (the drivers' ``iid=True``).
+    """
+    from metajax import models
+
+    spec = registry.Spec(
+        kind,
+        1 if kind == "regression" else 10,
+        lambda out: models.MLP(hidden=(args.hidden, args.hidden), out=out),
+        head=lambda out: models.MLP(hidden=(), out=out),
+        inner_lr=args.lr,
+    )
+    options = dict(capacity=args.capacity, replay_batch=args.replay_batch, strength=args.ewc_strength, reset=False)
+    return registry.build("finetune" if name == "joint" else name, spec, **options)
 
 
 def meta_train_oml(learner, meta_pool, args, key):
@@ -210,27 +187,21 @@ def meta_train_oml(learner, meta_pool, args, key):
     """
     import optax
 
-    from metajax import continual as C
+    from metajax import tasks
     from metajax.checkpoint import Checkpointer
     from metajax.training import init_state, train
 
     shots = max(args.batch_size, 10)
-    task = C.Trajectories(
+    task = tasks.Trajectories(
         meta_pool.train_x, meta_pool.train_y, tasks=2, shots=shots, remember=2 * shots, kind="classification"
     )
     optimizer = optax.adam(1e-3)
     state, record = init_state(learner, task, optimizer, key), {"history": []}
     saved = None if args.resume is None else args.resume / "checkpoints" / "oml"
     if saved is not None and saved.is_dir():
-        reader = Checkpointer(saved, every=1)
-        try:
-            if reader.latest_step() is not None:
-                state, found = reader.restore(state)
-                record["history"] = [e for e in found["history"] if e["step"] <= int(state.step)]
-        except (FileNotFoundError, ValueError, RuntimeError) as error:
-            raise SystemExit(f"metajax continual: cannot resume OML's meta-training from {saved}: {error}") from error
-        finally:
-            reader.close()
+        state, found = resume_or_exit(saved, state, "metajax continual: OML's meta-training")
+        if found is not None:
+            record["history"] = [e for e in found["history"] if e["step"] <= int(state.step)]
     directory = args.out / "checkpoints" / "oml"
     if saved is None or directory.absolute() != saved.absolute():
         shutil.rmtree(directory, ignore_errors=True)  # another run's checkpoints would shadow this run's
@@ -264,7 +235,7 @@ def run(args: argparse.Namespace) -> dict:
     import numpy as np
 
     from metajax import continual as C
-    from metajax.cli import _write_json_atomic, machine
+    from metajax import tasks
 
     config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k not in ("func",)}
     earlier = {} if args.resume is None else _earlier_learners(args.resume, config)
@@ -279,7 +250,7 @@ def run(args: argparse.Namespace) -> dict:
     schedule = None
     if args.lifelong:
         pool = seq if ood is None else seq.concatenate(ood)
-        stream = C.LifelongStream(args.p_stay, tuple(args.mixture))
+        stream = tasks.LifelongStream(args.p_stay, tuple(args.mixture))
         schedule = stream.schedule(
             k_sched, args.stream_steps, num_tasks=args.tasks, num_ood=pool.num_tasks - args.tasks
         )
@@ -295,7 +266,7 @@ def run(args: argparse.Namespace) -> dict:
             _plot(result, name, args.out)
         else:
             result["pending"].append(name)
-    _write_json_atomic(args.out / "metrics.json", result)  # from here on the run can be resumed
+    write_json_atomic(args.out / "metrics.json", result)  # from here on the run can be resumed
     for name in list(result["pending"]):
         learner = build_learner(name, args, kind)
         t0 = time.perf_counter()
@@ -313,11 +284,14 @@ def run(args: argparse.Namespace) -> dict:
                 batch_size=args.batch_size,
                 state=state,
                 metric=metric,
+                iid=(name == "joint"),
             )
             extra["online_by_source"] = out["online_by_source"]
             extra["introduced"] = out["introduced"]
         else:
-            out = C.run_sequence(learner, seq, key=k_run, batch_size=args.batch_size, state=state, metric=metric)
+            out = C.run_sequence(
+                learner, seq, key=k_run, batch_size=args.batch_size, state=state, metric=metric, iid=(name == "joint")
+            )
         result["learners"][name] = {
             **{k: (None if v is None else float(v)) for k, v in out["summary"].items()},
             "online_accuracy" if metric == "accuracy" else "online_mse": float(out["online_cumulative"][-1]),
@@ -327,9 +301,9 @@ def run(args: argparse.Namespace) -> dict:
         }
         result["pending"].remove(name)
         _plot(result, name, args.out)
-        _write_json_atomic(args.out / "metrics.json", result)
+        write_json_atomic(args.out / "metrics.json", result)
     result["learners"] = {name: result["learners"][name] for name in args.learners}
-    _write_json_atomic(args.out / "metrics.json", result)
+    write_json_atomic(args.out / "metrics.json", result)
     return result
 
 
@@ -366,7 +340,7 @@ def _plot(result: dict, name: str, out: Path) -> None:
 def table(result: dict) -> str:
     """A plain-text table of the learners' metrics."""
     cols = ("acc", "bwt", "fwt", "forgetting", "learning_accuracy", "online_accuracy")
-    fmt = lambda v: "   n/a" if v is None else f"{v:6.3f}"  # noqa: E731
+    fmt = lambda v: "   n/a" if v is None else f"{v:6.3f}"
     lines = [f"{'learner':10s} " + " ".join(f"{c[:8]:>8s}" for c in cols)]
     for name, r in result["learners"].items():
         lines.append(f"{name:10s} " + " ".join(f"{fmt(r.get(c)):>8s}" for c in cols))

@@ -9,16 +9,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
-GRADIENT_ALGORITHMS = ("maml", "fomaml", "imaml", "reptile", "anil", "metasgd")
-METRIC_ALGORITHMS = ("protonet", "matchingnet")
+from metajax import learner as registry
+from metajax.app import bench, continual, plot
+from metajax.app.runs import JsonLines, machine, resume_or_exit, write_json_atomic
+
+GRADIENT_ALGORITHMS = registry.names(family="gradient")
+METRIC_ALGORITHMS = registry.names(family="metric")
 ALGORITHMS = GRADIENT_ALGORITHMS + METRIC_ALGORITHMS
 TASKS = ("sinusoid", "omniglot", "miniimagenet")
 # MAML paper (Finn et al., 2017): Conv4 with 64 strided filters on Omniglot, 32 max-pooled on
@@ -29,9 +31,6 @@ DEFAULT_FILTERS = {"omniglot": 64, "miniimagenet": 32}
 def build_parser() -> argparse.ArgumentParser:
     """The ``metajax`` argument parser."""
     parser = argparse.ArgumentParser(prog="metajax", description="Meta-learning in JAX.")
-    from metajax import bench, plots
-    from metajax.continual import cli as continual_cli
-
     sub = parser.add_subparsers(dest="command", required=True)
     t = sub.add_parser("train", help="meta-train, evaluate on new tasks, write OUT/metrics.json")
     t.add_argument("--algo", choices=ALGORITHMS, default="maml", help="learner (default: maml)")
@@ -81,9 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     t.add_argument("--tensorboard", action="store_true", help="also write TensorBoard events to OUT/tensorboard")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
-    continual_cli.add_parser(sub)
+    continual.add_parser(sub)
     bench.add_parser(sub)
-    plots.add_parser(sub)
+    plot.add_parser(sub)
     e = sub.add_parser("eval", help="evaluate a run's newest checkpoint on new tasks; write RUN/eval.json")
     e.add_argument("run", type=Path, help="the --out folder of a metajax train run")
     e.add_argument("--eval-tasks", type=int, default=600, help="new tasks (default 600)")
@@ -93,42 +92,33 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def build_learner(args: argparse.Namespace, ways: int | None = None):
-    """The learner named by ``--algo`` with the task's model and objective (``ways`` for classification)."""
-    import flax.linen as nn
-
-    from metajax import algorithms, losses, models
+def _network(args: argparse.Namespace, family: str):
+    """``out -> flax module`` of ``--task`` and ``--backbone`` (``out=None``: the feature extractor)."""
+    from metajax import models
 
     if args.task == "sinusoid":
-        if args.algo in METRIC_ALGORITHMS:
-            raise SystemExit(f"metajax train: --algo {args.algo} needs a classification task, not --task sinusoid.")
-        body, objective = models.MLP(hidden=(40, 40), out=None), losses.mse
-        net, head = models.MLP(hidden=(40, 40), out=1), nn.Dense(1)
-    else:
-        objective = losses.cross_entropy
-        if args.backbone == "resnet12":
-            body, net = models.ResNet12(), models.ResNet12(out=ways)
-        else:
-            filters = args.filters or (64 if args.algo in METRIC_ALGORITHMS else DEFAULT_FILTERS[args.task])
-            pool = "stride" if args.task == "omniglot" and args.algo not in METRIC_ALGORITHMS else "max"
-            body, net = models.Conv4(filters=filters, pool=pool), models.Conv4(filters=filters, pool=pool, out=ways)
-        head = nn.Dense(ways)
-    if args.algo == "protonet":
-        return algorithms.ProtoNet(body, ways=ways)
-    if args.algo == "matchingnet":
-        return algorithms.MatchingNet(body, ways=ways)
-    common = dict(inner_lr=args.inner_lr, inner_steps=args.inner_steps, objective=objective)
-    if args.algo == "maml":
-        return algorithms.MAML(net, **common)
-    if args.algo == "fomaml":
-        return algorithms.MAML(net, meta_gradient=algorithms.FirstOrder(), **common)
-    if args.algo == "imaml":
-        return algorithms.MAML(net, meta_gradient=algorithms.Implicit(args.imaml_prox, args.imaml_cg_steps), **common)
-    if args.algo == "reptile":
-        return algorithms.Reptile(net, **common)
-    if args.algo == "anil":
-        return algorithms.ANIL(body, head, **common)
-    return algorithms.MetaSGD(net, **common)
+        return lambda out: models.MLP(hidden=(40, 40), out=out)
+    if args.backbone == "resnet12":
+        return lambda out: models.ResNet12(out=out)
+    filters = args.filters or (64 if family == "metric" else DEFAULT_FILTERS[args.task])
+    pool = "stride" if args.task == "omniglot" and family != "metric" else "max"
+    return lambda out: models.Conv4(filters=filters, pool=pool, out=out)
+
+
+def build_learner(args: argparse.Namespace, ways: int | None = None):
+    """The registered learner named by ``--algo`` for the task's kind and model (``ways`` for classification)."""
+    entry = registry.entry(args.algo)
+    kind = "regression" if args.task == "sinusoid" else "classification"
+    if kind not in entry.kinds:
+        raise SystemExit(f"metajax train: --algo {args.algo} needs a classification task, not --task {args.task}.")
+    spec = registry.Spec(
+        kind,
+        1 if kind == "regression" else ways,
+        _network(args, entry.family),
+        inner_lr=args.inner_lr,
+        inner_steps=args.inner_steps,
+    )
+    return registry.build(args.algo, spec, prox=args.imaml_prox, cg_steps=args.imaml_cg_steps)
 
 
 def build_tasks(args: argparse.Namespace):
@@ -173,22 +163,6 @@ def _check_args(args: argparse.Namespace) -> None:
             raise SystemExit(f"metajax train: --{name.replace('_', '-')} must be positive, got {value}.")
 
 
-def machine() -> dict:
-    """The machine a figure was measured on."""
-    import jax
-
-    device = jax.devices()[0]
-    return {
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "backend": jax.default_backend(),
-        "device": getattr(device, "device_kind", str(device)),
-        "device_count": jax.device_count(),
-        "jax": jax.__version__,
-    }
-
-
 class _Run(NamedTuple):
     """What ``metajax train`` and ``metajax eval`` build from the arguments."""
 
@@ -203,19 +177,18 @@ class _Run(NamedTuple):
 
 
 def _prepare(args: argparse.Namespace) -> _Run:
-    import dataclasses
-
     import optax
 
-    from metajax.training import default_task_batching
+    from metajax.training import resolve_task_batching
 
     train_task, test_task = build_tasks(args)
     learner = build_learner(args, getattr(train_task, "ways", None))
-    test_learner = dataclasses.replace(learner, ways=test_task.ways) if hasattr(learner, "ways") else learner
+    # A metric learner classifies any number of ways; a gradient learner's head has the training ways.
+    metric = args.algo in METRIC_ALGORITHMS
+    test_learner = build_learner(args, test_task.ways) if metric else learner
     steps_per_call = args.steps_per_call or (100 if args.task == "sinusoid" else 1)
     eval_steps = args.eval_steps if args.eval_steps is not None else (3 if args.task == "omniglot" else 10)
-    per_task_conv = args.task != "sinusoid" and args.algo in GRADIENT_ALGORITHMS and args.algo != "anil"
-    task_batching = args.task_batching or default_task_batching(per_task_conv)
+    task_batching = resolve_task_batching(learner, train_task, args.task_batching)
     meta_lr = args.meta_lr
     if args.lr_decay_every:
         meta_lr = optax.exponential_decay(args.meta_lr, args.lr_decay_every, 0.5, staircase=True)
@@ -262,7 +235,7 @@ def train_command(args: argparse.Namespace) -> dict:
         from metajax.checkpoint import Checkpointer
 
         checkpointer = Checkpointer(args.out / "checkpoints", every=checkpoint_every)
-    log_file = _JsonLines(
+    log_file = JsonLines(
         args.out / "log.jsonl", log, tensorboard=args.out / "tensorboard" if args.tensorboard else None
     )
     start_step, t0 = int(state.step), time.perf_counter()
@@ -300,7 +273,7 @@ def train_command(args: argparse.Namespace) -> dict:
         },
         "eval": eval_summary,
     }
-    _write_json_atomic(args.out / "metrics.json", result)
+    write_json_atomic(args.out / "metrics.json", result)
     return result
 
 
@@ -341,21 +314,16 @@ def eval_command(args: argparse.Namespace) -> dict:
         "machine": machine(),
         "eval": _evaluate(run, state.params, _eval_key(seed), args.eval_tasks),
     }
-    _write_json_atomic(args.run / "eval.json", result)
+    write_json_atomic(args.run / "eval.json", result)
     return result
 
 
 def _restore_newest(run_dir: Path, like, command: str):
     """The newest readable checkpoint of the run ``run_dir``, shaped like ``like``; bad ones exit with the reason."""
-    from metajax.checkpoint import Checkpointer
-
-    checkpointer = Checkpointer(run_dir / "checkpoints", every=1)
-    try:
-        return checkpointer.restore(like)[0]
-    except (FileNotFoundError, ValueError) as error:
-        raise SystemExit(f"metajax {command}: cannot restore from {run_dir}: {error}") from error
-    finally:
-        checkpointer.close()
+    state, record = resume_or_exit(run_dir / "checkpoints", like, f"metajax {command}")
+    if record is None:
+        raise SystemExit(f"metajax {command}: no checkpoint in {run_dir / 'checkpoints'} to resume from.")
+    return state
 
 
 def _resume(run_dir: Path, like):
@@ -364,48 +332,6 @@ def _resume(run_dir: Path, like):
     log_path = run_dir / "log.jsonl"
     entries = [json.loads(line) for line in log_path.read_text().splitlines()] if log_path.is_file() else []
     return state, [e for e in entries if e["step"] <= int(state.step)]
-
-
-class _JsonLines:
-    """``log.jsonl``: one JSON object per logged interval, starting from ``entries`` (a resumed run's).
-
-    With ``tensorboard`` (a folder), every entry's numbers are also TensorBoard scalars
-    (through ``tensorboardX``, the ``tensorboard`` extra).
-    """
-
-    def __init__(self, path: Path, entries: list[dict], tensorboard: Path | None = None):
-        self.path = path
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text("".join(json.dumps(e) + "\n" for e in entries))
-        os.replace(tmp, path)
-        self.writer = None
-        if tensorboard is not None:
-            try:
-                from tensorboardX import SummaryWriter
-            except ImportError as error:
-                raise SystemExit(
-                    'metajax train: --tensorboard needs tensorboardX: pip install "metajax[tensorboard]".'
-                ) from error
-            self.writer = SummaryWriter(str(tensorboard))
-
-    def append(self, entry: dict) -> None:
-        with self.path.open("a") as f:
-            f.write(json.dumps(entry) + "\n")
-        if self.writer is not None:
-            for name, value in entry.items():
-                if name != "step":
-                    self.writer.add_scalar(f"train/{name}", value, entry["step"])
-            self.writer.flush()
-
-    def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
-
-
-def _write_json_atomic(path: Path, obj: dict) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2))
-    os.replace(tmp, path)
 
 
 def _summary_line(result: dict) -> str:
@@ -426,13 +352,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         result = train_command(args)
         print(_summary_line(result))
     elif args.command == "plot":
-        from metajax import plots
-
-        plots.run(args)
+        plot.run(args)
         return 0
     elif args.command == "bench":
-        from metajax import bench
-
         bench.run(args)
         return 0
     elif args.command == "eval":
@@ -441,9 +363,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"wrote {args.run / 'eval.json'}")
         return 0
     elif args.command == "continual":
-        from metajax.continual import cli as continual_cli
-
-        print(continual_cli.table(continual_cli.run(args)))
+        print(continual.table(continual.run(args)))
     print(f"wrote {args.out / 'metrics.json'}")
     return 0
 

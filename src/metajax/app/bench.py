@@ -31,7 +31,6 @@ Example:
 from __future__ import annotations
 
 import argparse
-import functools
 import itertools
 import json
 import os
@@ -228,7 +227,7 @@ def run(args: argparse.Namespace) -> list[dict]:
 
 
 def _run_isolated(config: dict) -> dict:
-    cmd = [sys.executable, "-m", "metajax.bench", "--worker", json.dumps(config)]
+    cmd = [sys.executable, "-m", "metajax.app.bench", "--worker", json.dumps(config)]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy())
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
     if proc.returncode != 0 or not lines:
@@ -239,7 +238,7 @@ def _run_isolated(config: dict) -> dict:
 
 def ratios(results: list[dict]) -> list[dict]:
     """For each PyTorch result, the JAX default configuration's speed over it (same workload and shape)."""
-    key = lambda r: (r["workload"], r["meta_batch"], r["inner_steps"], r["ways"], r["order"])  # noqa: E731
+    key = lambda r: (r["workload"], r["meta_batch"], r["inner_steps"], r["ways"], r["order"])
     jax_default = {}
     for r in results:
         if r.get("kind") == "result" and r["impl"] == "jax" and r["dtype"] == "float32" and not r["remat"]:
@@ -278,7 +277,7 @@ def ratios(results: list[dict]) -> list[dict]:
 
 def machine_info(torch: bool = False) -> dict:
     """Machine, software and load, for the first JSON line."""
-    from metajax.cli import machine
+    from metajax.app.runs import machine
 
     info = machine()
     info["load_avg"] = list(os.getloadavg())
@@ -355,34 +354,44 @@ def _images(classes: int = 100, examples: int = 20, size: int = 28):
 
 
 def jax_setup(config: dict):
-    """``(learner, task)`` of a JAX configuration, with ``auto`` choices resolved."""
+    """``(learner, task)`` of a JAX configuration, built through the learner registry."""
+    import dataclasses
+
     import jax.numpy as jnp
 
-    from metajax import algorithms, losses, models, tasks
+    from metajax import learner as registry
+    from metajax import models, tasks
 
     dtype = jnp.bfloat16 if config["dtype"] == "bfloat16" else None
     impl = None if config["conv_impl"] in ("auto", "none") else config["conv_impl"]
     w = config["workload"]
     if w == "maml-sinusoid":
-        net = models.MLP(hidden=(40, 40), out=1, dtype=dtype)
-        learner = algorithms.MAML(net, inner_lr=0.01, inner_steps=config["inner_steps"], remat=config["remat"])
+        spec = registry.Spec(
+            "regression",
+            1,
+            lambda out: models.MLP(hidden=(40, 40), out=out, dtype=dtype),
+            inner_lr=0.01,
+            inner_steps=config["inner_steps"],
+        )
+        learner = dataclasses.replace(registry.build("maml", spec), remat=config["remat"])
         return learner, tasks.Sinusoid(shots=10)
     if w == "maml-omniglot":
-        net = models.Conv4(filters=64, out=config["ways"], pool="stride", impl=impl, dtype=dtype)
-        mg = algorithms.SecondOrder() if config["order"] == "second" else algorithms.FirstOrder()
-        learner = algorithms.MAML(
-            net,
+        spec = registry.Spec(
+            "classification",
+            config["ways"],
+            lambda out: models.Conv4(filters=64, out=out, pool="stride", impl=impl, dtype=dtype),
             inner_lr=0.4,
             inner_steps=config["inner_steps"],
-            meta_gradient=mg,
-            objective=losses.cross_entropy,
-            remat=config["remat"],
         )
+        name = "maml" if config["order"] == "second" else "fomaml"
+        learner = dataclasses.replace(registry.build(name, spec), remat=config["remat"])
         return learner, tasks.FewShot(_images(), ways=config["ways"], shots=1, queries=5)
-    net = models.Conv4(filters=64, out=None, pool="max", impl=impl, dtype=dtype)
-    return algorithms.ProtoNet(net, ways=config["ways"]), tasks.FewShot(
-        _images(), ways=config["ways"], shots=1, queries=15
+    spec = registry.Spec(
+        "classification",
+        config["ways"],
+        lambda out: models.Conv4(filters=64, out=out, pool="max", impl=impl, dtype=dtype),
     )
+    return registry.build("protonet", spec), tasks.FewShot(_images(), ways=config["ways"], shots=1, queries=15)
 
 
 def _run_one(config: dict) -> dict:
@@ -397,29 +406,23 @@ def run_jax(config: dict) -> dict:
     import numpy as np
     import optax
 
-    from metajax._tree import partition
     from metajax.models.conv import default_conv_impl
-    from metajax.training import default_task_batching, first_episode, init_state, meta_step
+    from metajax.training import first_episode, init_state, make_train_step
 
     peak = matmul_peak_gflops(config.get("matmul_size", 2048))
     learner, task = jax_setup(config)
-    per_task_conv = config["workload"] == "maml-omniglot"
-    batching = default_task_batching(per_task_conv) if config["task_batching"] == "auto" else config["task_batching"]
     conv_impl = default_conv_impl() if config["conv_impl"] == "auto" else config["conv_impl"]
     mb, spc = config["meta_batch"], config["steps_per_call"]
     optimizer = optax.adam(1e-3)
     state = init_state(learner, task, optimizer, jax.random.key(0))
-    task_arrays, rebuild = partition(task)
+    requested = None if config["task_batching"] == "auto" else config["task_batching"]
+    # The very program metajax.train runs, lowered here to read its cost and memory.
+    step = make_train_step(learner, task, optimizer, mb, spc, requested)
+    batching, task_arrays = step.task_batching, step.task_arrays
     rss_setup, _ = _rss_mb()
 
-    # The same program as training.make_train_step, lowered here to read its cost and memory.
-    @functools.partial(jax.jit, donate_argnums=0)
-    def many(state, task_arrays):
-        one = meta_step(learner, rebuild(task_arrays), optimizer, mb, batching)
-        return jax.lax.scan(lambda s, _: one(s), state, None, length=spc)
-
     t0 = time.perf_counter()
-    compiled = many.lower(state, task_arrays).compile()
+    compiled = step.jitted.lower(state, task_arrays).compile()
     compile_s = time.perf_counter() - t0
     mem = compiled.memory_analysis()
 
@@ -444,7 +447,7 @@ def run_jax(config: dict) -> dict:
         task_batching_requested=config["task_batching"],
         conv_impl_requested=config["conv_impl"],
         task_batching=batching,
-        conv_impl=conv_impl if per_task_conv or config["workload"] == "protonet-omniglot" else "none",
+        conv_impl=conv_impl if config["workload"] != "maml-sinusoid" else "none",
     )
     record.update(_speed(times, median, mb * spc, spc, flops_step, peak))
     if config["inner_steps"] > 1:
@@ -503,7 +506,7 @@ def run_torch(config: dict) -> dict:
     import numpy as np
     import torch
 
-    from metajax import bench_torch
+    from metajax.app import bench_torch
     from metajax.training import first_episode
 
     peak = matmul_peak_gflops(config.get("matmul_size", 2048))
@@ -535,7 +538,7 @@ def run_torch(config: dict) -> dict:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m metajax.bench`` / ``scripts/benchmark.py``."""
+    """``python -m metajax.app.bench`` / ``scripts/benchmark.py``."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["--worker"]:
         config = json.loads(argv[1])

@@ -74,7 +74,7 @@ def mlp(params, x: torch.Tensor) -> torch.Tensor:
 def make_step(config: dict, batch):
     """A no-argument function running one meta-step of ``config`` on a fixed ``batch`` (Episode of numpy arrays)."""
     workload, impl = config["workload"], config["impl"]
-    as_images = lambda a: torch.from_numpy(np.array(np.moveaxis(np.asarray(a), -1, -3)))  # noqa: E731
+    as_images = lambda a: torch.from_numpy(np.array(np.moveaxis(np.asarray(a), -1, -3)))
     if workload == "maml-sinusoid":
         sx, sy, qx, qy = (
             torch.from_numpy(np.array(a)) for a in (batch.support_x, batch.support_y, batch.query_x, batch.query_y)
@@ -87,7 +87,7 @@ def make_step(config: dict, batch):
         loss_fn = F.cross_entropy
         if workload == "maml-omniglot":
             params = conv4_params(config["ways"], features=64 * 2 * 2)
-            net = lambda p, x: conv4(p, x, "stride")  # noqa: E731
+            net = lambda p, x: conv4(p, x, "stride")
             lr, second = 0.4, config["order"] == "second"
         else:
             params = conv4_params(None)

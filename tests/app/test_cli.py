@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from metajax import cli
+from metajax.app import cli
 
 
 def tiny_sinusoid_run(out, algo: str, evaluation: str) -> list[str]:
