@@ -16,7 +16,8 @@ def check_positive_int(name: str, value, *, allow_zero: bool = False) -> None:
 
 def check_positive(name: str, value) -> None:
     """Raise ``ValueError`` unless ``value`` is a real number > 0."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value > 0:
+    # numbers.Real's stub declares only < and <=; the real types (int, float, numpy's) all have >.
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value > 0:  # type: ignore[operator]
         raise ValueError(f"{name} must be a positive number, got {value!r}.")
 
 

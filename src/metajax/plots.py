@@ -71,7 +71,10 @@ def _curve(source) -> list[dict]:
                 f"metrics must hold train.curve (the metrics.json of `metajax train`), got keys {sorted(metrics)}."
             ) from None
     if not curve:
-        raise ValueError("The training curve is empty: no entry was logged (is --log-every larger than --steps?).")
+        raise ValueError(
+            "The training curve is empty: no entry was logged "
+            "(was the logging interval larger than the number of steps?)."
+        )
     return curve
 
 
@@ -339,7 +342,9 @@ def plot_run(out_dir: str | os.PathLike, out: str | os.PathLike | None = None) -
     """
     run_dir = Path(out_dir)
     if not run_dir.is_dir():
-        raise FileNotFoundError(f"Run folder {run_dir} does not exist: pass the --out of a metajax run.")
+        raise FileNotFoundError(
+            f"Run folder {run_dir} does not exist: out_dir must be the output folder of a metajax run."
+        )
     metrics = load_metrics(run_dir)
     target = run_dir if out is None else Path(out)
     target.mkdir(parents=True, exist_ok=True)

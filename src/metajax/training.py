@@ -224,7 +224,7 @@ class TrainStep:
         task_batching: the resolved task batching, ``"vmap"`` or ``"map"``.
     """
 
-    def __init__(self, jitted: Callable, task_arrays: Any, task_batching: str):
+    def __init__(self, jitted: jax.stages.Wrapped, task_arrays: Any, task_batching: str):
         self.jitted, self.task_arrays, self.task_batching = jitted, task_arrays, task_batching
 
     def __call__(self, state: TrainState) -> tuple[TrainState, dict]:
@@ -262,7 +262,7 @@ def make_train_step(
     config = (learner, optimizer, meta_batch, steps_per_call, task_batching, mesh, axis_name)
     # The same configuration (equal learner and task, the same optimizer object) reuses one
     # jitted program, so a second train() call does not trace and compile again.
-    cache_key = (config, jax.tree.structure(task), tuple(_static_leaves(task)))
+    cache_key: tuple | None = (config, jax.tree.structure(task), tuple(_static_leaves(task)))
     try:
         many = _PROGRAMS.get(cache_key)
     except TypeError:  # an unhashable configuration: compile a program of its own
@@ -384,7 +384,7 @@ def train(
             if done >= next_log or done == num_steps or out_of_time:
                 now = time.perf_counter()
                 steps_in_window = sum(len(m["loss"]) for m in window)
-                entry = {"step": done}
+                entry: dict[str, float] = {"step": done}
                 entry.update({k: float(np.mean(np.concatenate([m[k] for m in window]))) for k in window[0]})
                 entry["tasks_per_s"] = steps_in_window * meta_batch / max(now - window_start, 1e-9)
                 entry["elapsed_s"] = now - t_start

@@ -11,7 +11,14 @@ import optax
 
 from metajax import losses
 from metajax._checks import check_positive, check_positive_int
-from metajax.algorithms.inner import MetaGradient, SecondOrder, _check_meta_gradient, _fit_supervised, _sgd_or
+from metajax.algorithms.inner import (
+    MetaGradient,
+    SecondOrder,
+    _check_meta_gradient,
+    _fit_supervised,
+    _sgd_or,
+    apply_model,
+)
 from metajax.episode import Episode
 from metajax.learner import Spec, register
 
@@ -56,7 +63,7 @@ class ANIL:
         """``{"body": body weights, "head": head weights}``."""
         k_body, k_head = jax.random.split(key)
         body = self.body.init(k_body, episode.support_x)["params"]
-        features = self.body.apply({"params": body}, episode.support_x)
+        features = apply_model(self.body, body, episode.support_x)
         return {"body": body, "head": self.head.init(k_head, features)["params"]}
 
     def adapted_params(self, params: dict) -> dict:
@@ -69,7 +76,7 @@ class ANIL:
 
     def features(self, params: dict, x: jax.Array) -> jax.Array:
         """Body features ``[examples, ...]`` of inputs ``x``."""
-        return self.body.apply({"params": params["body"]}, x)
+        return apply_model(self.body, params["body"], x)
 
     def adapt(
         self, params: dict, support: tuple[jax.Array, jax.Array], key: jax.Array, num_steps: int | None = None
@@ -91,7 +98,7 @@ class ANIL:
         return self._inner(params, episode.support, num_steps, query)[1]
 
     def _head(self, head_params, features):
-        return self.head.apply({"params": head_params}, features)
+        return apply_model(self.head, head_params, features)
 
     def _inner(self, params, support, num_steps, query=None):
         sx, sy = support

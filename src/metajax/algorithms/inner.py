@@ -20,8 +20,9 @@ import abc
 import dataclasses
 import functools
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
@@ -356,3 +357,9 @@ def _fit_supervised(
 def _sgd_or(optimizer: optax.GradientTransformation | None, lr: float) -> optax.GradientTransformation:
     """``optimizer`` if given, else plain SGD with step size ``lr`` (MAML's inner update)."""
     return optax.sgd(lr) if optimizer is None else optimizer
+
+
+def apply_model(model: nn.Module, params: Params, x: jax.Array) -> jax.Array:
+    """``model.apply({"params": params}, x)``."""
+    # flax types ``Module.apply`` as ``Any | tuple[Any, variables]``; the tuple comes only with ``mutable=``.
+    return cast(jax.Array, model.apply({"params": params}, x))

@@ -20,6 +20,7 @@ from metajax.algorithms.inner import (
     _check_meta_gradient,
     _fit_supervised,
     _sgd_or,
+    apply_model,
 )
 from metajax.episode import Episode
 from metajax.learner import Spec, register
@@ -80,7 +81,7 @@ class MAML:
 
     def predict(self, params: Any, x: jax.Array) -> jax.Array:
         """Model outputs for inputs ``x`` (``[examples, ...]``)."""
-        return self.model.apply({"params": params}, x)
+        return apply_model(self.model, params, x)
 
     def adapt(
         self, params: Any, support: tuple[jax.Array, jax.Array], key: jax.Array, num_steps: int | None = None

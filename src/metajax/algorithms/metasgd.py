@@ -17,6 +17,7 @@ from metajax.algorithms.inner import (
     SecondOrder,
     _check_meta_gradient,
     _fit_supervised,
+    apply_model,
     scale_by_learned_rates,
 )
 from metajax.episode import Episode
@@ -71,7 +72,7 @@ class MetaSGD:
 
     def predict(self, weights: Any, x: jax.Array) -> jax.Array:
         """Outputs of the model with (adapted) ``weights``, i.e. ``params["model"]`` or ``adapt(...)``."""
-        return self.model.apply({"params": weights}, x)
+        return apply_model(self.model, weights, x)
 
     def adapt(
         self, params: dict, support: tuple[jax.Array, jax.Array], key: jax.Array, num_steps: int | None = None

@@ -11,6 +11,7 @@ import jax.numpy as jnp
 
 from metajax import losses
 from metajax._checks import check_choice, check_positive, check_positive_int
+from metajax.algorithms.inner import apply_model
 from metajax.episode import Episode
 from metajax.learner import Spec, register
 
@@ -48,7 +49,7 @@ def check_support(ways: int, support_x: jax.Array, support_y: jax.Array) -> None
 
 def flat_embedding(embed: nn.Module, params: Any, x: jax.Array) -> jax.Array:
     """``embed(x)`` flattened to ``[examples, D]``."""
-    features = embed.apply({"params": params}, x)
+    features = apply_model(embed, params, x)
     return features.reshape(features.shape[0], -1)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import flax.linen as nn
 import jax
@@ -13,7 +13,7 @@ import optax
 
 from metajax import losses
 from metajax._checks import check_positive, check_positive_int
-from metajax.algorithms.inner import FirstOrder, _fit_supervised, _sgd_or
+from metajax.algorithms.inner import FirstOrder, _fit_supervised, _sgd_or, apply_model
 from metajax.episode import Episode
 from metajax.learner import Spec, register
 
@@ -66,7 +66,7 @@ class Reptile:
 
     def predict(self, params: Any, x: jax.Array) -> jax.Array:
         """Model outputs for inputs ``x``."""
-        return self.model.apply({"params": params}, x)
+        return apply_model(self.model, params, x)
 
     def adapt(
         self, params: Any, support: tuple[jax.Array, jax.Array], key: jax.Array, num_steps: int | None = None
@@ -78,13 +78,14 @@ class Reptile:
     def loss(self, params: Any, episode: Episode, key: jax.Array) -> tuple[jax.Array, dict]:
         """Reptile surrogate on one task; metrics are the adapted model's query metrics."""
         adapted = jax.lax.stop_gradient(self.adapt(params, episode.support, key))
+        # An array: params have at least one leaf (``sum`` of none would be the int 0).
         surrogate = 0.5 * sum(
             jnp.sum(jnp.square(p - a)) for p, a in zip(jax.tree.leaves(params), jax.tree.leaves(adapted), strict=True)
         )
         _, metrics = losses.resolve(self.objective, episode.query_y)(
             self.predict(adapted, episode.query_x), episode.query_y
         )
-        return surrogate, metrics
+        return cast(jax.Array, surrogate), metrics
 
     def evaluate(self, params: Any, episode: Episode, key: jax.Array, num_steps: int | None = None) -> dict:
         """Query metrics before adaptation and after each step: arrays ``[num_steps + 1]``."""

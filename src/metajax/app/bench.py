@@ -239,7 +239,7 @@ def _run_isolated(config: dict) -> dict:
 def ratios(results: list[dict]) -> list[dict]:
     """For each PyTorch result, the JAX default configuration's speed over it (same workload and shape)."""
     key = lambda r: (r["workload"], r["meta_batch"], r["inner_steps"], r["ways"], r["order"])
-    jax_default = {}
+    jax_default: dict[tuple, tuple[bool, dict]] = {}
     for r in results:
         if r.get("kind") == "result" and r["impl"] == "jax" and r["dtype"] == "float32" and not r["remat"]:
             # Prefer the library default (auto/auto); else the fastest JAX variant measured.

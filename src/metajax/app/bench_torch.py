@@ -15,6 +15,8 @@ batch normalisation with the batch's statistics (no running averages), ReLU, and
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -75,6 +77,7 @@ def make_step(config: dict, batch):
     """A no-argument function running one meta-step of ``config`` on a fixed ``batch`` (Episode of numpy arrays)."""
     workload, impl = config["workload"], config["impl"]
     as_images = lambda a: torch.from_numpy(np.array(np.moveaxis(np.asarray(a), -1, -3)))
+    net: Callable[[list[torch.Tensor], torch.Tensor], torch.Tensor]
     if workload == "maml-sinusoid":
         sx, sy, qx, qy = (
             torch.from_numpy(np.array(a)) for a in (batch.support_x, batch.support_y, batch.query_x, batch.query_y)
@@ -140,10 +143,10 @@ def _outer_step(task_loss, params, data, optimizer, impl: str):
     def batch_loss(p):
         return vmap(task_loss, in_dims=(None, 0, 0, 0, 0), randomness="same")(p, sx, sy, qx, qy).mean()
 
-    def step():
+    def func_step():
         grads = grad(batch_loss)([p.detach() for p in params])
         for p, g in zip(params, grads, strict=True):
             p.grad = g
         optimizer.step()
 
-    return step
+    return func_step

@@ -13,7 +13,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 from metajax import learner as registry
 from metajax.app import bench, continual, plot
@@ -113,7 +113,7 @@ def build_learner(args: argparse.Namespace, ways: int | None = None):
         raise SystemExit(f"metajax train: --algo {args.algo} needs a classification task, not --task {args.task}.")
     spec = registry.Spec(
         kind,
-        1 if kind == "regression" else ways,
+        1 if kind == "regression" else cast(int, ways),  # Spec refuses ways=None ("outputs must be a positive integer")
         _network(args, entry.family),
         inner_lr=args.inner_lr,
         inner_steps=args.inner_steps,

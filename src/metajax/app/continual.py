@@ -21,6 +21,7 @@ import json
 import shutil
 import time
 from pathlib import Path
+from typing import Any
 
 from metajax import learner as registry
 from metajax.app.runs import machine, resume_or_exit, write_json_atomic
@@ -237,7 +238,7 @@ def run(args: argparse.Namespace) -> dict:
     from metajax import continual as C
     from metajax import tasks
 
-    config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k not in ("func",)}
+    config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
     earlier = {} if args.resume is None else _earlier_learners(args.resume, config)
     key = jax.random.key(args.seed)
     k_data, k_sched, k_meta, k_run = jax.random.split(key, 4)
@@ -246,7 +247,7 @@ def run(args: argparse.Namespace) -> dict:
         raise SystemExit("metajax continual: --learners oml needs a Fashion-MNIST stream (meta-training tasks).")
     metric = "mse" if kind == "regression" else "accuracy"
     args.out.mkdir(parents=True, exist_ok=True)
-    result = {"config": config, "machine": machine(), "metric": metric, "learners": {}, "pending": []}
+    result: dict[str, Any] = {"config": config, "machine": machine(), "metric": metric, "learners": {}, "pending": []}
     schedule = None
     if args.lifelong:
         pool = seq if ood is None else seq.concatenate(ood)
@@ -274,7 +275,7 @@ def run(args: argparse.Namespace) -> dict:
         if name == "oml":
             state, history, resumed_from = meta_train_oml(learner, meta_pool, args, k_meta)
             extra["meta_train"] = {"steps": args.meta_steps, "resumed_from": resumed_from, "last": history[-1]}
-        if args.lifelong:
+        if schedule is not None:  # --lifelong
             out = C.run_lifelong(
                 learner,
                 pool,

@@ -12,11 +12,7 @@ from typing import Any
 import jax
 
 from metajax import losses
-
-
-def apply_model(model, params: Any, x: jax.Array) -> jax.Array:
-    """``model.apply({"params": params}, x)``."""
-    return model.apply({"params": params}, x)
+from metajax.algorithms.inner import apply_model as apply_model  # the online learners import it from here
 
 
 def mixed_loss(objective: Callable | None, predict: Callable, params: Any, x, y, replay_x, replay_y, replay_mask):

@@ -99,7 +99,7 @@ def run_sequence(
 
     evaluate = jax.jit(lambda state, arrays: evaluate_tasks(learner, state, rebuild(arrays), metric))
     rows = [np.asarray(evaluate(state, seq_arrays))]
-    online = []
+    online_batches = []
     if iid:
         x = sequence.train_x.reshape(-1, *sequence.train_x.shape[2:])
         y = sequence.train_y.reshape(-1, *sequence.train_y.shape[2:])
@@ -111,17 +111,17 @@ def run_sequence(
             jnp.int32(0),
             k_run,
         )
-        online.append(np.asarray(before))
+        online_batches.append(np.asarray(before))
         rows += [np.full(T, np.nan)] * (T - 1) + [np.asarray(evaluate(state, seq_arrays))]
     else:
         for t, k in enumerate(jax.random.split(k_run, T)):
             xs = _batches(sequence.train_x[t], batch_size, f"task {t}")
             ys = _batches(sequence.train_y[t], batch_size, f"task {t}")
             state, before = learn(state, xs, ys, jnp.int32(t), k)
-            online.append(np.asarray(before))
+            online_batches.append(np.asarray(before))
             rows.append(np.asarray(evaluate(state, seq_arrays)))
     R = np.stack(rows)
-    online = np.concatenate(online)
+    online = np.concatenate(online_batches)
     summary = {"acc": float(R[-1].mean())} if iid else M.summarize(R)
     return {
         "R": R,

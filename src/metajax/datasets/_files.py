@@ -106,7 +106,8 @@ def download(url: str, dest: Path, *, timeout: float) -> None:
 
 def save_npz(path: Path, **arrays: np.ndarray) -> None:
     """Write a compressed ``.npz`` atomically."""
-    _write_atomic(path, lambda f: np.savez_compressed(f, **arrays))
+    # mypy matches ``**arrays`` against savez_compressed's keyword ``allow_pickle: bool`` too.
+    _write_atomic(path, lambda f: np.savez_compressed(f, **arrays))  # type: ignore[arg-type]
 
 
 def _write_atomic(path: Path, write: Callable[[BinaryIO], object]) -> None:
@@ -163,8 +164,8 @@ def decode_image(raw: bytes, *, mode: str, size: int | None) -> np.ndarray:
         mode: the PIL mode to convert to before resizing.
         size: side of the square output, resized with ``LANCZOS``; ``None`` keeps the size.
     """
-    with Image.open(io.BytesIO(raw)) as im:
-        im = im.convert(mode)
+    with Image.open(io.BytesIO(raw)) as opened:
+        im = opened.convert(mode)
         if size is not None and im.size != (size, size):
             im = im.resize((size, size), resample=Image.Resampling.LANCZOS)
         return np.asarray(im, dtype=np.uint8)

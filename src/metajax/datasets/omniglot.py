@@ -143,7 +143,7 @@ def _zip_file(part: str, root: Path, download: bool, timeout: float) -> Path:
     folders = [root, root / "omniglot"]
     path = find_file(name, folders)
     fetched = path is None
-    if fetched:
+    if path is None:
         missing = (
             f"Omniglot file {name} not found in {folders[0]} or {folders[1]}. Put the official {name} "
             f"(Lake et al. 2015) in one of them, or pass root= / set $METAJAX_DATA to the folder "

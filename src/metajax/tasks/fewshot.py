@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import NamedTuple
+from typing import NamedTuple, cast
 
 import jax
 import jax.numpy as jnp
@@ -223,10 +223,12 @@ def benchmark(
     load, default_size = _LOADERS[name]
     size = default_size if image_size is None else image_size
 
-    def make(part: str | None) -> FewShot | None:
-        if part is None:
-            return None
+    def make(part: str) -> FewShot:
         images = load(part, root=root, image_size=size, cache_dir=cache_dir).images
-        return FewShot(images, ways=ways, shots=shots, queries=queries, augment_rotations=augment_rotations)
+        # A numpy array: __post_init__ moves it to the device (jnp.asarray).
+        return FewShot(
+            cast(jax.Array, images), ways=ways, shots=shots, queries=queries, augment_rotations=augment_rotations
+        )
 
-    return Benchmark(*(make(part) for part in _PARTS[split]))
+    train, val, test = _PARTS[split]
+    return Benchmark(make(train), None if val is None else make(val), make(test))

@@ -237,8 +237,8 @@ def incremental_sine(
         ("test_per_function", test_per_function),
     ):
         check_positive_int(name, value)
-    for name, value in (("amplitude", amplitude), ("phase", phase), ("x_range", x_range)):
-        check_range(name, value)
+    for name, bounds in (("amplitude", amplitude), ("phase", phase), ("x_range", x_range)):
+        check_range(name, bounds)
     sine = Sinusoid(
         shots=train_per_function, queries=test_per_function, amplitude=amplitude, phase=phase, x_range=x_range
     )
