@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -158,7 +159,7 @@ def test_batch_gradient_is_the_mean_of_per_task_gradients(meta_one):
             params
         )
         np.testing.assert_allclose(loss, np.mean([v for v, _ in per_task]), rtol=1e-5, atol=1e-6)
-        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-4, atol=1e-6), grads, mean)
+        chex.assert_trees_all_close(grads, mean, rtol=2e-4, atol=1e-6)
 
 
 def test_training_is_reproducible_keeps_dtypes_and_does_not_retrace(meta_one):
@@ -174,7 +175,7 @@ def test_training_is_reproducible_keeps_dtypes_and_does_not_retrace(meta_one):
     )
     again, history_again = metajax.train(counting, task, OPTIMIZER, key=jax.random.key(7), **run)
     assert counting.traces == traced and int(more.step) == 6
-    jax.tree.map(np.testing.assert_array_equal, first.params, again.params)
+    chex.assert_trees_all_equal(first.params, again.params)
     assert [h["loss"] for h in history] == [h["loss"] for h in history_again]
     initial = learner.init(jax.random.key(0), one_task(task))
     assert jax.tree.map(lambda a: a.dtype, first.params) == jax.tree.map(lambda a: a.dtype, initial)
@@ -232,7 +233,7 @@ def test_online_update_does_not_retrace_and_is_deterministic(online_one):
 
     (s1, m1), (s2, m2) = stream(jax.random.key(5)), stream(jax.random.key(5))
     assert len(traces) == 1
-    jax.tree.map(np.testing.assert_array_equal, (s1, m1), (s2, m2))
+    chex.assert_trees_all_equal((s1, m1), (s2, m2))
 
 
 # ------------------------------------------------------------------ configuration errors

@@ -33,7 +33,13 @@ def test_the_default_objective_follows_the_targets():
     ("fn", "predictions", "targets", "error", "message"),
     [
         (losses.mse, jnp.zeros((4, 3)), jnp.zeros(4, jnp.int32), TypeError, "mse needs real-valued targets, got int32"),
-        (losses.mse, jnp.zeros((4, 3)), jnp.zeros(4), ValueError, r"one shape, got \(4, 3\) and \(4,\)"),
+        (
+            losses.mse,
+            jnp.zeros((4, 3)),
+            jnp.zeros(4),
+            ValueError,
+            r"predictions and targets of one shape, got \(4, 3\) and \(4,\)",
+        ),
         (losses.cross_entropy, jnp.zeros((4, 3)), jnp.zeros(4), TypeError, "needs integer class labels, got float32"),
         (
             losses.cross_entropy,

@@ -7,7 +7,7 @@ import optax
 import pytest
 
 import metajax
-from helpers import Flatten, held_out_loss_before_after, separable_vectors
+from helpers import Flatten, held_out_loss_before_after
 from metajax import models
 from metajax.algorithms import MatchingNet
 
@@ -105,20 +105,6 @@ def test_episode_that_does_not_fit_ways_is_refused():
         MatchingNet(Flatten(), ways=10).init(jax.random.key(0), episode)
     with pytest.raises(ValueError, match="support_y must have shape \\[examples\\]"):
         MatchingNet(Flatten(), ways=3).adapt({"embed": {}}, (episode.support_x, episode.support_y[:, None]), None)
-
-
-def test_jit_vmap_over_three_tasks_matches_per_task_loop():
-    learner = MatchingNet(models.MLP(hidden=(8,), out=None), ways=3, fce=True, fce_steps=2)
-    episodes = separable_vectors(jax.random.key(0), 3)
-    keys = jax.random.split(jax.random.key(1), 3)
-    params = learner.init(jax.random.key(2), jax.tree.map(lambda a: a[0], episodes))
-    losses, metrics = jax.jit(jax.vmap(learner.loss, in_axes=(None, 0, 0)))(params, episodes, keys)
-    assert losses.shape == (3,) and metrics["accuracy"].shape == (3,)
-    one_task = jax.jit(learner.loss)
-    looped = [one_task(params, jax.tree.map(lambda a, i=i: a[i], episodes), keys[i])[0] for i in range(3)]
-    np.testing.assert_allclose(losses, np.stack(looped), rtol=1e-5, atol=1e-6)
-    evaluated = jax.vmap(learner.evaluate, in_axes=(None, 0, 0, None))(params, episodes, keys, None)
-    assert evaluated["accuracy"].shape == (3, 1)
 
 
 @pytest.mark.parametrize("fce", [False, True])

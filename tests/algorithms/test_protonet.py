@@ -99,36 +99,6 @@ def test_episode_that_does_not_fit_ways_is_refused():
         ProtoNet(Flatten(), ways=3).loss({}, floats, None)
 
 
-def separable_images(key, num_tasks, ways=3, shots=2, queries=3):
-    """Batched tasks: each class is a random 8x8 template, examples are noisy copies."""
-
-    def one(key):
-        k_templates, k_perm, k_support, k_query = jax.random.split(key, 4)
-        templates = jax.random.normal(k_templates, (ways, 8, 8, 1))
-        sy = jax.random.permutation(k_perm, jnp.repeat(jnp.arange(ways, dtype=jnp.int32), shots))
-        qy = jnp.repeat(jnp.arange(ways, dtype=jnp.int32), queries)
-        sx = templates[sy] + 0.5 * jax.random.normal(k_support, (ways * shots, 8, 8, 1))
-        qx = templates[qy] + 0.5 * jax.random.normal(k_query, (ways * queries, 8, 8, 1))
-        return metajax.Episode(sx, sy, qx, qy)
-
-    return jax.vmap(one)(jax.random.split(key, num_tasks))
-
-
-def test_jit_vmap_over_three_tasks_matches_per_task_loop():
-    learner = ProtoNet(models.Conv4(filters=8), ways=3, distance="cosine", temperature=5.0)
-    episodes = separable_images(jax.random.key(0), 3)
-    keys = jax.random.split(jax.random.key(1), 3)
-    params = learner.init(jax.random.key(2), jax.tree.map(lambda a: a[0], episodes))
-    losses, metrics = jax.jit(jax.vmap(learner.loss, in_axes=(None, 0, 0)))(params, episodes, keys)
-    assert losses.shape == (3,) and metrics["accuracy"].shape == (3,)
-    one_task = jax.jit(learner.loss)
-    looped = [one_task(params, jax.tree.map(lambda a, i=i: a[i], episodes), keys[i])[0] for i in range(3)]
-    np.testing.assert_allclose(losses, np.stack(looped), rtol=1e-5, atol=1e-6)
-    evaluated = jax.vmap(learner.evaluate, in_axes=(None, 0, 0, None))(params, episodes, keys, 4)
-    assert evaluated["loss"].shape == (3, 1)
-    np.testing.assert_allclose(evaluated["loss"][:, 0], losses, rtol=1e-5, atol=1e-6)
-
-
 def test_adam_steps_lower_the_loss():
     learner = ProtoNet(models.MLP(hidden=(32,), out=16), ways=3)
     before, after = held_out_loss_before_after(learner, steps=20)

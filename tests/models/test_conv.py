@@ -74,8 +74,8 @@ def test_conv4_patches_matches_xla_in_maml_meta_gradient(pool, order):
     xla, patches = _maml("xla", pool, order=order), _maml("patches", pool, order=order)
     one = jax.tree.map(lambda a: a[0], episodes)
     params = xla.init(jax.random.key(1), one)
-    chex_shapes = jax.tree.map(jnp.shape, patches.init(jax.random.key(1), one))
-    assert jax.tree.map(jnp.shape, params) == chex_shapes  # same parameter layout
+    patches_shapes = jax.tree.map(jnp.shape, patches.init(jax.random.key(1), one))
+    assert jax.tree.map(jnp.shape, params) == patches_shapes  # same parameter layout
 
     def meta_grad(learner):
         def batch(p):
