@@ -9,6 +9,11 @@ import jax
 import numpy as np
 
 
+def is_array(x: Any) -> bool:
+    """Whether a pytree leaf is an array (a jitted function's argument) rather than static configuration."""
+    return isinstance(x, jax.Array | np.ndarray)
+
+
 def partition(obj: Any) -> tuple[list, Callable[[list], Any]]:
     """Arrays of ``obj``'s pytree leaves, and a function rebuilding ``obj`` from new arrays.
 
@@ -18,12 +23,12 @@ def partition(obj: Any) -> tuple[list, Callable[[list], Any]]:
     static leaf and come back unchanged.
     """
     leaves, treedef = jax.tree.flatten(obj)
-    is_array = [isinstance(x, jax.Array | np.ndarray) for x in leaves]
-    arrays = [x for x, a in zip(leaves, is_array, strict=True) if a]
-    static = [None if a else x for x, a in zip(leaves, is_array, strict=True)]
+    arrays_at = [is_array(x) for x in leaves]
+    arrays = [x for x, a in zip(leaves, arrays_at, strict=True) if a]
+    static = [None if a else x for x, a in zip(leaves, arrays_at, strict=True)]
 
     def combine(new_arrays: list) -> Any:
         it = iter(new_arrays)
-        return jax.tree.unflatten(treedef, [next(it) if a else s for a, s in zip(is_array, static, strict=True)])
+        return jax.tree.unflatten(treedef, [next(it) if a else s for a, s in zip(arrays_at, static, strict=True)])
 
     return arrays, combine

@@ -21,7 +21,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from metajax._checks import check_choice, check_positive_int
-from metajax._tree import partition
+from metajax._tree import is_array, partition
 from metajax.distributed import TASK_AXIS, replicate
 from metajax.episode import Episode, validate_episode
 from metajax.learner import MetaObjective, check_conforms
@@ -262,7 +262,8 @@ def make_train_step(
     config = (learner, optimizer, meta_batch, steps_per_call, task_batching, mesh, axis_name)
     # The same configuration (equal learner and task, the same optimizer object) reuses one
     # jitted program, so a second train() call does not trace and compile again.
-    cache_key: tuple | None = (config, jax.tree.structure(task), tuple(_static_leaves(task)))
+    static = tuple(x for x in jax.tree.leaves(task) if not is_array(x))
+    cache_key: tuple | None = (config, jax.tree.structure(task), static)
     try:
         many = _PROGRAMS.get(cache_key)
     except TypeError:  # an unhashable configuration: compile a program of its own
@@ -278,10 +279,6 @@ def make_train_step(
 
 _PROGRAMS: dict = {}
 _MAX_PROGRAMS = 64
-
-
-def _static_leaves(task: Any) -> list:
-    return [x for x in jax.tree.leaves(task) if not isinstance(x, jax.Array | np.ndarray)]
 
 
 def _program(rebuild_task, learner, optimizer, meta_batch, steps_per_call, task_batching, mesh, axis_name):
