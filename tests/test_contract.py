@@ -61,9 +61,9 @@ ONLINE_ONE = [(name, registry.entry(name).kinds[0]) for name in dict(ONLINE)]
 
 def test_the_suite_covers_every_registered_learner():
     assert {name for name, _ in META} | {name for name, _ in ONLINE} == set(registry.names())
-    # 6 gradient learners x 2 kinds + 2 metric ones (classification) + OML's meta-training x 2 kinds;
-    # 6 online learners x 2 kinds.
-    assert (len(META), len(ONLINE), len(META_ONE), len(ONLINE_ONE)) == (16, 12, 9, 6)
+    # 6 gradient learners x 2 kinds + 2 metric ones (classification) + the in-context Transformer x 2
+    # kinds + OML's meta-training x 2 kinds; 6 online learners x 2 kinds.
+    assert (len(META), len(ONLINE), len(META_ONE), len(ONLINE_ONE)) == (18, 12, 10, 6)
 
 
 def _case_id(case):
@@ -140,7 +140,7 @@ def test_shapes_and_finite_loss(meta):
     outputs = learner.predict(adapted, episode.query_x)
     expected = episode.query_y.shape if task.kind == "regression" else (episode.query_y.shape[0], WAYS)
     assert outputs.shape == expected
-    steps = 1 if registry.entry(name).family == "metric" else 3
+    steps = 3 if registry.entry(name).family == "gradient" else 1  # metric and attention: no inner steps
     evaluated = learner.evaluate(params, episode, jax.random.key(3), 2)
     assert evaluated and all(v.shape == (steps,) and np.all(np.isfinite(v)) for v in evaluated.values())
 

@@ -12,6 +12,7 @@ from metajax.algorithms import (
     ProtoNet,
     Reptile,
     SecondOrder,
+    TransformerICL,
     inner_loop,
 )
 from metajax.episode import Episode, StreamBatch, validate_episode
@@ -51,6 +52,7 @@ __all__ = [
     "SecondOrder",
     "StreamBatch",
     "TrainState",
+    "TransformerICL",
     "algorithms",
     "checkpoint",
     "confidence_interval",

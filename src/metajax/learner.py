@@ -36,7 +36,7 @@ Params = Any
 Metrics = dict[str, jax.Array]
 
 KINDS = ("regression", "classification")
-FAMILIES = ("gradient", "metric", "continual")
+FAMILIES = ("gradient", "metric", "attention", "continual")
 
 
 @runtime_checkable
@@ -152,7 +152,7 @@ class Entry:
 
     Attributes:
         name: the registry key (``metajax train --algo NAME``).
-        family: ``"gradient"``, ``"metric"`` or ``"continual"``.
+        family: ``"gradient"``, ``"metric"``, ``"attention"`` or ``"continual"``.
         kinds: the task kinds it supports.
         factory: ``factory(spec, **options) -> learner``.
         options: the keyword options the factory takes.

@@ -16,6 +16,7 @@ from metajax.algorithms.matchingnet import MatchingNet
 from metajax.algorithms.metasgd import MetaSGD
 from metajax.algorithms.protonet import ProtoNet
 from metajax.algorithms.reptile import Reptile
+from metajax.algorithms.transformer import TransformerICL
 
 __all__ = [
     "ANIL",
@@ -24,6 +25,7 @@ __all__ = [
     "MetaSGD",
     "ProtoNet",
     "Reptile",
+    "TransformerICL",
     "FirstOrder",
     "Implicit",
     "MetaGradient",

@@ -21,10 +21,12 @@ from metajax.app.runs import JsonLines, machine, resume_or_exit, write_json_atom
 
 GRADIENT_ALGORITHMS = registry.names(family="gradient")
 METRIC_ALGORITHMS = registry.names(family="metric")
-ALGORITHMS = GRADIENT_ALGORITHMS + METRIC_ALGORITHMS
+ATTENTION_ALGORITHMS = registry.names(family="attention")
+ALGORITHMS = GRADIENT_ALGORITHMS + METRIC_ALGORITHMS + ATTENTION_ALGORITHMS
 TASKS = ("sinusoid", "omniglot", "miniimagenet")
 # MAML paper (Finn et al., 2017): Conv4 with 64 strided filters on Omniglot, 32 max-pooled on
-# miniImageNet; ProtoNets and Matching Networks use 64 max-pooled filters on both.
+# miniImageNet; ProtoNets and Matching Networks use 64 max-pooled filters on both, as does the
+# in-context Transformer's embedding (SNAIL's Conv4).
 DEFAULT_FILTERS = {"omniglot": 64, "miniimagenet": 32}
 
 
@@ -100,8 +102,9 @@ def _network(args: argparse.Namespace, family: str):
         return lambda out: models.MLP(hidden=(40, 40), out=out)
     if args.backbone == "resnet12":
         return lambda out: models.ResNet12(out=out)
-    filters = args.filters or (64 if family == "metric" else DEFAULT_FILTERS[args.task])
-    pool = "stride" if args.task == "omniglot" and family != "metric" else "max"
+    embedding = family in ("metric", "attention")
+    filters = args.filters or (64 if embedding else DEFAULT_FILTERS[args.task])
+    pool = "stride" if args.task == "omniglot" and not embedding else "max"
     return lambda out: models.Conv4(filters=filters, pool=pool, out=out)
 
 

@@ -1,0 +1,66 @@
+"""The in-context Transformer: it reads the support set, ignores its order, answers each query on its own."""
+
+from __future__ import annotations
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import metajax
+from helpers import VectorTasks, one_task
+from metajax import models, tasks
+from metajax.app import cli
+
+SINE = tasks.Sinusoid(shots=5, queries=6)
+
+
+def _learner(outputs: int = 1):
+    return metajax.TransformerICL(models.MLP(hidden=(16,), out=None), outputs=outputs, dim=16, depth=2, heads=2)
+
+
+def test_prediction_ignores_the_support_order_and_reads_the_labels():
+    learner, episode = _learner(), one_task(SINE)
+    params = learner.init(jax.random.key(0), episode)
+    out = learner.predict(learner.adapt(params, episode.support, None), episode.query_x)
+    perm = jnp.array([3, 0, 4, 2, 1])
+    permuted = (episode.support_x[perm], episode.support_y[perm])
+    np.testing.assert_allclose(learner.predict(learner.adapt(params, permuted, None), episode.query_x), out, rtol=1e-5)
+    other = (episode.support_x, -episode.support_y)  # other targets, same inputs: the answer must change
+    assert not np.allclose(learner.predict(learner.adapt(params, other, None), episode.query_x), out, atol=1e-4)
+
+
+def test_each_query_is_answered_independently_of_the_others():
+    learner, episode = _learner(), one_task(SINE)
+    params = learner.init(jax.random.key(0), episode)
+    adapted = learner.adapt(params, episode.support, None)
+    together = learner.predict(adapted, episode.query_x)
+    alone = jnp.concatenate([learner.predict(adapted, episode.query_x[i : i + 1]) for i in range(6)])
+    np.testing.assert_allclose(together, alone, rtol=1e-5, atol=1e-6)
+
+
+def test_meta_training_lowers_the_query_loss_on_sinusoids_and_on_classification():
+    for task, learner in ((SINE, _learner()), (VectorTasks(ways=3), _learner(outputs=3))):
+        state, history = metajax.train(learner, task, optax.adam(3e-3), key=jax.random.key(0), num_steps=300,
+                                       meta_batch=16, steps_per_call=50, log_every=50, progress=False)  # fmt: skip
+        assert history[-1]["loss"] < 0.7 * history[0]["loss"], [h["loss"] for h in history]
+        result = metajax.evaluate(learner, state.params, task, key=jax.random.key(1), num_tasks=20)
+        assert result["num_steps"] == 0  # no gradient steps at test time
+
+
+def test_bad_configuration_and_targets_are_named():
+    with pytest.raises(ValueError, match="dim must be a multiple of heads, got dim=10 and heads=4"):
+        metajax.TransformerICL(models.MLP(out=None), outputs=1, dim=10, heads=4)
+    learner, episode = _learner(outputs=2), one_task(SINE)
+    with pytest.raises(ValueError, match=r"regression targets must have shape \[examples, outputs=2\], got shape"):
+        learner.init(jax.random.key(0), episode)
+
+
+def test_metajax_train_reports_the_query_mse_at_step_0(tmp_path):
+    argv = "train --algo transformer --shots 5 --meta-batch 4 --steps 20 --steps-per-call 10 --log-every 10"
+    assert cli.main([*argv.split(), "--eval-tasks", "8", "--out", str(tmp_path), "--no-progress"]) == 0
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["eval"]["num_steps"] == 0 and len(metrics["eval"]["mse"]["mean"]) == 1
