@@ -106,6 +106,25 @@ class OnlineLearner(Protocol):
         ...
 
 
+def adapts_nothing(self: Any, params: Params) -> dict:
+    """``adapted_params`` of a learner that changes no weight per task (metric and in-context learners): ``{}``."""
+    del self, params
+    return {}
+
+
+def evaluate_without_steps(
+    self: Any, params: Params, episode: Episode, key: jax.Array, num_steps: int | None = None
+) -> Metrics:
+    """``evaluate`` of a learner without inner steps: ``loss``'s query metrics as arrays ``[1]``.
+
+    ``num_steps`` is ignored. Assign it as the class's ``evaluate``, as ``adapts_nothing``
+    as its ``adapted_params``.
+    """
+    del num_steps
+    _, metrics = self.loss(jax.lax.stop_gradient(params), episode, key)
+    return jax.tree.map(lambda m: m[None], metrics)
+
+
 def check_conforms(value: Any, protocol: type, name: str = "learner") -> None:
     """Raise ``TypeError`` naming the missing methods unless ``value`` has every method of ``protocol``."""
     if isinstance(value, protocol):

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 from metajax._checks import check_positive, check_positive_int
 from metajax.algorithms.protonet import check_support, flat_embedding, normalize
 from metajax.episode import Episode
-from metajax.learner import Spec, register
+from metajax.learner import Spec, adapts_nothing, evaluate_without_steps, register
 
 # Added to the predicted probabilities before the log, so a zero probability costs a finite loss.
 _LOG_EPS = 1e-8
@@ -137,10 +137,8 @@ class MatchingNet:
         """
         return self._attend(params, self._support_embedding(params, support_x), query_x)
 
-    def adapted_params(self, params: dict) -> dict:
-        """Nothing: the embeddings are shared by every task."""
-        del params
-        return {}
+    adapted_params = adapts_nothing
+    evaluate = evaluate_without_steps
 
     def adapt(
         self, params: dict, support: tuple[jax.Array, jax.Array], key: jax.Array, num_steps: int | None = None
@@ -175,12 +173,6 @@ class MatchingNet:
         loss = -jnp.mean(jnp.take_along_axis(log_probabilities, labels[:, None], axis=-1))
         accuracy = jnp.mean((jnp.argmax(log_probabilities, axis=-1) == labels).astype(log_probabilities.dtype))
         return loss, {"loss": loss, "accuracy": accuracy}
-
-    def evaluate(self, params: dict, episode: Episode, key: jax.Array, num_steps: int | None = None) -> dict:
-        """Query ``{"loss", "accuracy"}`` as arrays ``[1]``: there are no inner steps, so ``num_steps`` is ignored."""
-        del num_steps
-        _, metrics = self.loss(jax.lax.stop_gradient(params), episode, key)
-        return jax.tree.map(lambda m: m[None], metrics)
 
     def _support_embedding(self, params, support_x):
         g = flat_embedding(self.embed, params["embed"], support_x)

@@ -13,7 +13,7 @@ from metajax import losses
 from metajax._checks import check_choice, check_positive, check_positive_int
 from metajax.algorithms.inner import apply_model
 from metajax.episode import Episode
-from metajax.learner import Spec, register
+from metajax.learner import Spec, adapts_nothing, evaluate_without_steps, register
 
 DISTANCES = ("euclidean", "cosine")
 
@@ -113,10 +113,8 @@ class ProtoNet:
         # A parameter-free embedding (a fixed feature map) has no "params" collection.
         return self.embed.init(key, episode.support_x).get("params", {})
 
-    def adapted_params(self, params: Any) -> dict:
-        """Nothing: the embedding is shared by every task, only the prototypes are per task."""
-        del params
-        return {}
+    adapted_params = adapts_nothing
+    evaluate = evaluate_without_steps
 
     def adapt(
         self, params: Any, support: tuple[jax.Array, jax.Array], key: jax.Array, num_steps: int | None = None
@@ -158,12 +156,6 @@ class ProtoNet:
         """Query cross-entropy of one task, and ``{"loss", "accuracy"}``."""
         adapted = self.adapt(params, episode.support, key)
         return losses.cross_entropy(self.predict(adapted, episode.query_x), episode.query_y)
-
-    def evaluate(self, params: Any, episode: Episode, key: jax.Array, num_steps: int | None = None) -> dict:
-        """Query ``{"loss", "accuracy"}`` as arrays ``[1]``: there are no inner steps, so ``num_steps`` is ignored."""
-        del num_steps
-        _, metrics = self.loss(jax.lax.stop_gradient(params), episode, key)
-        return jax.tree.map(lambda m: m[None], metrics)
 
 
 @register("protonet", family="metric", kinds=("classification",))

@@ -25,7 +25,7 @@ from metajax import losses
 from metajax._checks import check_positive_int
 from metajax.algorithms.protonet import flat_embedding
 from metajax.episode import Episode
-from metajax.learner import Spec, register
+from metajax.learner import Spec, adapts_nothing, evaluate_without_steps, register
 
 
 class _Block(nn.Module):
@@ -134,10 +134,8 @@ class TransformerICL:
         ys = self._labels(episode.support_y, fs.dtype)
         return {"embed": embed, "transformer": self._net().init(k_net, fs, ys, fq)["params"]}
 
-    def adapted_params(self, params: dict) -> dict:
-        """Nothing: the support set is read in context, no weight changes per task."""
-        del params
-        return {}
+    adapted_params = adapts_nothing
+    evaluate = evaluate_without_steps
 
     def adapt(
         self, params: dict, support: tuple[jax.Array, jax.Array], key: jax.Array, num_steps: int | None = None
@@ -162,12 +160,6 @@ class TransformerICL:
         """The queries' objective given the support set in context, and its metrics."""
         outputs = self.predict(self.adapt(params, episode.support, key), episode.query_x)
         return losses.resolve(self.objective, episode.query_y)(outputs, episode.query_y)
-
-    def evaluate(self, params: dict, episode: Episode, key: jax.Array, num_steps: int | None = None) -> dict:
-        """Query metrics as arrays ``[1]`` (step 0: no gradient steps); ``num_steps`` is ignored."""
-        del num_steps
-        _, metrics = self.loss(jax.lax.stop_gradient(params), episode, key)
-        return jax.tree.map(lambda m: m[None], metrics)
 
 
 @register("transformer", family="attention")
