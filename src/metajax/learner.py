@@ -113,7 +113,7 @@ def adapts_nothing(self: Any, params: Params) -> dict:
 
 
 def evaluate_without_steps(
-    self: Any, params: Params, episode: Episode, key: jax.Array, num_steps: int | None = None
+    self: Any, params: Params, episode: Episode, key: jax.Array | None, num_steps: int | None = None
 ) -> Metrics:
     """``evaluate`` of a learner without inner steps: ``loss``'s query metrics as arrays ``[1]``.
 

@@ -14,18 +14,14 @@ regression and Brown et al. (2020) call in-context learning.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
-from typing import cast
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from metajax import losses
 from metajax._checks import check_positive_int
-from metajax.algorithms.protonet import flat_embedding
-from metajax.episode import Episode
-from metajax.learner import Spec, adapts_nothing, evaluate_without_steps, register
+from metajax.algorithms.incontext import InContextLearner
+from metajax.learner import Spec, register
 
 
 class _Block(nn.Module):
@@ -70,13 +66,13 @@ class _InContext(nn.Module):
 
 
 @dataclasses.dataclass(frozen=True)
-class TransformerICL:
+class TransformerICL(InContextLearner):
     """In-context learning: a Transformer reads the support set and predicts the queries' targets.
 
-    With batch-statistics backbones (``Conv4``) the support set and the queries are
-    embedded as separate batches, as in ``ProtoNet``. Labels are integers in ``[0, outputs)``
-    for classification (one-hot encoded) or real-valued ``[examples, outputs]`` targets
-    for regression; the objective follows them unless given.
+    Labels are integers in ``[0, outputs)`` for classification (one-hot encoded) or
+    real-valued ``[examples, outputs]`` targets for regression; the objective follows them
+    unless given. Embedding, protocol methods and parameters ``{"embed", "sequence"}`` as
+    in :class:`~metajax.algorithms.incontext.InContextLearner`.
 
     Attributes:
         embed: flax module ``x [examples, *features] -> features [examples, ...]``
@@ -96,70 +92,20 @@ class TransformerICL:
         (5, 1)
     """
 
-    embed: nn.Module
-    outputs: int
     dim: int = 64
     depth: int = 2
     heads: int = 4
-    objective: Callable | None = None
 
     def __post_init__(self):
-        for name in ("outputs", "dim", "depth", "heads"):
+        super().__post_init__()
+        for name in ("dim", "depth", "heads"):
             check_positive_int(name, getattr(self, name))
         if self.dim % self.heads:
             raise ValueError(f"dim must be a multiple of heads, got dim={self.dim} and heads={self.heads}.")
 
-    def _net(self) -> _InContext:
+    def sequence_model(self) -> _InContext:
+        """The masked Transformer over support and query tokens."""
         return _InContext(self.dim, self.depth, self.heads, self.outputs)
-
-    def _labels(self, y: jax.Array, dtype) -> jax.Array:
-        if jnp.issubdtype(y.dtype, jnp.integer):
-            if y.ndim != 1:
-                raise ValueError(f"class labels must have shape [examples], got shape {tuple(y.shape)}.")
-            return jax.nn.one_hot(y, self.outputs, dtype=dtype)
-        if y.ndim != 2 or y.shape[-1] != self.outputs:
-            raise ValueError(
-                f"regression targets must have shape [examples, outputs={self.outputs}], got shape {tuple(y.shape)}."
-            )
-        return y.astype(dtype)
-
-    def init(self, key: jax.Array, episode: Episode) -> dict:
-        """``{"embed": ..., "transformer": ...}`` shaped by one episode."""
-        k_embed, k_net = jax.random.split(key)
-        embed = self.embed.init(k_embed, episode.support_x).get("params", {})
-        fs, fq = (
-            flat_embedding(self.embed, embed, episode.support_x),
-            flat_embedding(self.embed, embed, episode.query_x),
-        )
-        ys = self._labels(episode.support_y, fs.dtype)
-        return {"embed": embed, "transformer": self._net().init(k_net, fs, ys, fq)["params"]}
-
-    adapted_params = adapts_nothing
-    evaluate = evaluate_without_steps
-
-    def adapt(
-        self, params: dict, support: tuple[jax.Array, jax.Array], key: jax.Array, num_steps: int | None = None
-    ) -> dict:
-        """The support set in context: ``{"params", "features" [S, F], "labels" [S, L]}``.
-
-        ``num_steps`` is ignored: there are no gradient steps at test time.
-        """
-        del key, num_steps
-        sx, sy = support
-        features = flat_embedding(self.embed, params["embed"], sx)
-        return {"params": params, "features": features, "labels": self._labels(sy, features.dtype)}
-
-    def predict(self, adapted: dict, x: jax.Array) -> jax.Array:
-        """Outputs ``[examples, outputs]`` for queries ``x [examples, *features]``."""
-        params = adapted["params"]
-        queries = flat_embedding(self.embed, params["embed"], x)
-        outputs = self._net().apply({"params": params["transformer"]}, adapted["features"], adapted["labels"], queries)
-        return cast(jax.Array, outputs)  # flax types apply's result loosely; without mutable= it is the output
-
-    def loss(self, params: dict, episode: Episode, key: jax.Array) -> tuple[jax.Array, dict]:
-        """The queries' objective given the support set in context, and its metrics."""
-        outputs = self.predict(self.adapt(params, episode.support, key), episode.query_x)
-        return losses.resolve(self.objective, episode.query_y)(outputs, episode.query_y)
 
 
 @register("transformer", family="attention")
