@@ -61,9 +61,9 @@ ONLINE_ONE = [(name, registry.entry(name).kinds[0]) for name in dict(ONLINE)]
 
 def test_the_suite_covers_every_registered_learner():
     assert {name for name, _ in META} | {name for name, _ in ONLINE} == set(registry.names())
-    # 6 gradient learners x 2 kinds + 2 metric ones (classification) + the in-context Transformer x 2
-    # kinds + OML's meta-training x 2 kinds; 6 online learners x 2 kinds.
-    assert (len(META), len(ONLINE), len(META_ONE), len(ONLINE_ONE)) == (18, 12, 10, 6)
+    # 6 gradient learners x 2 kinds + 2 metric ones (classification) + the in-context Transformer and
+    # SNAIL x 2 kinds + FEAT (classification) + OML's meta-training x 2 kinds; 6 online learners x 2 kinds.
+    assert (len(META), len(ONLINE), len(META_ONE), len(ONLINE_ONE)) == (21, 12, 12, 6)
 
 
 def _case_id(case):

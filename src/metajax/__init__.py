@@ -3,7 +3,9 @@
 from metajax import algorithms, continual, datasets, distributed, learner, losses, models, tasks
 from metajax.algorithms import (
     ANIL,
+    FEAT,
     MAML,
+    SNAIL,
     FirstOrder,
     Implicit,
     MatchingNet,
@@ -37,7 +39,9 @@ def __getattr__(name: str):
 
 __all__ = [
     "ANIL",
+    "FEAT",
     "MAML",
+    "SNAIL",
     "Episode",
     "FirstOrder",
     "Implicit",

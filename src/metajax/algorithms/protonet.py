@@ -59,6 +59,28 @@ def normalize(v: jax.Array) -> jax.Array:
     return v / jnp.maximum(norm, _NORM_EPS)
 
 
+def class_means(embeddings: jax.Array, labels: jax.Array, ways: int) -> jax.Array:
+    """Mean embedding of each class ``[ways, D]`` from ``embeddings [n, D]`` and integer ``labels [n]``.
+
+    A class without examples gets a zero mean.
+    """
+    one_hot = jax.nn.one_hot(labels, ways, dtype=embeddings.dtype)  # [n, ways]
+    counts = jnp.maximum(jnp.sum(one_hot, axis=0), 1.0)  # [ways]
+    return (one_hot.T @ embeddings) / counts[:, None]
+
+
+def similarity(queries: jax.Array, prototypes: jax.Array, distance: str) -> jax.Array:
+    """Similarities ``[n, ways]`` of ``queries [n, D]`` to ``prototypes [ways, D]``.
+
+    ``"euclidean"``: the negative squared distance; ``"cosine"``: the cosine similarity.
+    """
+    if distance == "cosine":
+        return normalize(queries) @ normalize(prototypes).T
+    # Explicit differences rather than |q|^2 - 2 q.p + |p|^2: no cancellation, and
+    # [queries, ways, D] is small for few-shot tasks.
+    return -jnp.sum(jnp.square(queries[:, None, :] - prototypes[None, :, :]), axis=-1)
+
+
 @dataclasses.dataclass(frozen=True)
 class ProtoNet:
     """Prototypical Networks: a learned embedding and a nearest-class-mean classifier.
@@ -135,22 +157,12 @@ class ProtoNet:
         del key, num_steps
         sx, sy = support
         check_support(self.ways, sx, sy)
-        embeddings = flat_embedding(self.embed, params, sx)
-        one_hot = jax.nn.one_hot(sy, self.ways, dtype=embeddings.dtype)  # [S, ways]
-        counts = jnp.maximum(jnp.sum(one_hot, axis=0), 1.0)  # [ways]
-        return {"params": params, "prototypes": (one_hot.T @ embeddings) / counts[:, None]}
+        return {"params": params, "prototypes": class_means(flat_embedding(self.embed, params, sx), sy, self.ways)}
 
     def predict(self, adapted: dict, x: jax.Array) -> jax.Array:
         """Logits ``[examples, ways]`` of inputs ``x [examples, *features]`` given ``adapt``'s output."""
         queries = flat_embedding(self.embed, adapted["params"], x)
-        prototypes = adapted["prototypes"]
-        if self.distance == "cosine":
-            similarity = normalize(queries) @ normalize(prototypes).T
-        else:
-            # Explicit differences rather than |q|^2 - 2 q.p + |p|^2: no cancellation, and
-            # [queries, ways, D] is small for few-shot tasks.
-            similarity = -jnp.sum(jnp.square(queries[:, None, :] - prototypes[None, :, :]), axis=-1)
-        return self.temperature * similarity
+        return self.temperature * similarity(queries, adapted["prototypes"], self.distance)
 
     def loss(self, params: Any, episode: Episode, key: jax.Array) -> tuple[jax.Array, dict]:
         """Query cross-entropy of one task, and ``{"loss", "accuracy"}``."""
