@@ -66,6 +66,28 @@ PROTOCOLS = {
         "--steps 20000 --eval-tasks 1000",
         reduced_steps=1000,
     ),
+    # Mishra et al. (2018), SNAIL, Table 1: Conv4-64 max-pooled embedding, the support sequence and one
+    # query per episode, Attention(64, 32), TC(128), Attention(256, 128), TC(128), Attention(512, 256).
+    "snail-omniglot-5w1s": dict(
+        paper="SNAIL 99.07 +- 0.16 (Mishra et al. 2018, Table 1)",
+        argv="--algo snail --task omniglot --ways 5 --shots 1 --query 1 --meta-batch 32 "
+        "--steps 40000 --eval-tasks 1000",
+        reduced_steps=2000,
+    ),
+    "snail-omniglot-20w1s": dict(
+        paper="SNAIL 97.64 +- 0.30 (Mishra et al. 2018, Table 1)",
+        argv="--algo snail --task omniglot --ways 20 --shots 1 --query 1 --meta-batch 32 "
+        "--steps 40000 --eval-tasks 1000",
+        reduced_steps=1000,
+    ),
+    # The in-context Transformer (no paper of its own on Omniglot; SNAIL is the attention baseline):
+    # the same embedding and episodes as SNAIL, width 64, 2 blocks, 4 heads.
+    "transformer-omniglot-5w1s": dict(
+        paper="no paper figure (SNAIL, the attention baseline: 99.07, Mishra et al. 2018, Table 1)",
+        argv="--algo transformer --task omniglot --ways 5 --shots 1 --query 1 --meta-batch 32 "
+        "--steps 40000 --eval-tasks 1000",
+        reduced_steps=2000,
+    ),
     # miniImageNet: MAML with 32 filters, 5 inner steps lr 0.01, meta-batch 4, 10 test steps;
     # ProtoNets with 30-way training episodes and 15 queries.
     "maml-miniimagenet-5w1s": dict(

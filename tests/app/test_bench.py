@@ -38,6 +38,17 @@ def test_configs_sweep_the_requested_axes():
     }
 
 
+def test_every_embedding_learner_has_a_workload_built_from_the_registry():
+    episodic = bench.configs(_args("--workload", ",".join(bench.EPISODIC), "--ways", "5", "--torch"))
+    by_workload = {(c["workload"], c["impl"]) for c in episodic}
+    # PyTorch references exist for ProtoNets only; the others are measured on the JAX side.
+    assert by_workload == {(w, "jax") for w in bench.EPISODIC} | {("protonet-omniglot", i) for i in bench.TORCH_IMPLS}
+    for config in episodic:
+        if config["impl"] == "jax":
+            learner, task = bench.jax_setup(dict(config, conv_impl="auto", dtype="float32"))
+            assert type(learner).__name__.lower().startswith(config["workload"][:4]) and task.ways == 5
+
+
 def test_bad_arguments_are_refused():
     with pytest.raises(SystemExit):
         _args("--workload", "maml-imagenet")

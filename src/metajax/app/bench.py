@@ -1,6 +1,6 @@
 """Throughput benchmarks: ``metajax bench`` and ``scripts/benchmark.py``.
 
-Three workloads, each meta-trained with Adam exactly as :func:`metajax.train` runs it
+The workloads, each meta-trained with Adam exactly as :func:`metajax.train` runs it
 (episodes drawn on the device inside the jitted step, donated state):
 
 * ``maml-sinusoid``: MLP 1-40-40-1, K=10 support and 10 query points, meta-batch 25,
@@ -9,6 +9,10 @@ Three workloads, each meta-trained with Adam exactly as :func:`metajax.train` ru
   meta-batch 32, 1 inner step (lr 0.4), first and second order.
 * ``protonet-omniglot``: Conv4 with 64 max-pooled filters, 5-way and 20-way 1-shot,
   15 queries per class, meta-batch 1 (one episode per update, as in the paper).
+* ``matchingnet-omniglot``, ``transformer-omniglot``, ``snail-omniglot``,
+  ``feat-omniglot``: the other embedding learners (metric and attention) on the same
+  episodes and embedding, with their registry defaults; episodes/s. PyTorch references
+  exist for ProtoNets only.
 
 Images are random uint8 arrays of Omniglot's shape (28x28x1, 100 classes of 20), so the
 benchmark needs no download; the cost of a step does not depend on pixel values.
@@ -39,13 +43,16 @@ import sys
 import time
 from collections.abc import Sequence
 
-WORKLOADS = ("maml-sinusoid", "maml-omniglot", "protonet-omniglot")
+# Embedding learners on Omniglot episodes: one workload each, built by registry name.
+EPISODIC = tuple(f"{name}-omniglot" for name in ("protonet", "matchingnet", "transformer", "snail", "feat"))
+WORKLOADS = ("maml-sinusoid", "maml-omniglot", *EPISODIC)
+TORCH_WORKLOADS = ("maml-sinusoid", "maml-omniglot", "protonet-omniglot")
 JAX_IMPLS = ("jax",)
 TORCH_IMPLS = ("torch-loop", "torch-func")
 _DEFAULTS = {
     "maml-sinusoid": {"meta_batch": 25, "inner_steps": 1, "steps_per_call": 100, "ways": 1},
     "maml-omniglot": {"meta_batch": 32, "inner_steps": 1, "steps_per_call": 1, "ways": 5},
-    "protonet-omniglot": {"meta_batch": 1, "inner_steps": 0, "steps_per_call": 1, "ways": 5},
+    **{w: {"meta_batch": 1, "inner_steps": 0, "steps_per_call": 1, "ways": 5} for w in EPISODIC},
 }
 
 
@@ -158,7 +165,7 @@ def configs(args: argparse.Namespace) -> list[dict]:
     for w in workloads:
         d = _DEFAULTS[w]
         meta_batches = args.meta_batch or [d["meta_batch"]]
-        if w == "protonet-omniglot":
+        if w in EPISODIC:
             ways, inner, orders, remat_list = args.ways or [5, 20], [0], ["none"], [False]
         else:
             ways = (args.ways or [5]) if w == "maml-omniglot" else [1]
@@ -183,7 +190,7 @@ def configs(args: argparse.Namespace) -> list[dict]:
                     out.append(
                         dict(base, impl="jax", task_batching=tb, conv_impl=ci, remat=rm, dtype=dt, steps_per_call=spc)
                     )
-            if args.torch or args.torch_only:
+            if (args.torch or args.torch_only) and w in TORCH_WORKLOADS:
                 for impl in TORCH_IMPLS:
                     out.append(dict(base, impl=impl, steps_per_call=1))
     return out
@@ -391,7 +398,8 @@ def jax_setup(config: dict):
         config["ways"],
         lambda out: models.Conv4(filters=64, out=out, pool="max", impl=impl, dtype=dtype),
     )
-    return registry.build("protonet", spec), tasks.FewShot(_images(), ways=config["ways"], shots=1, queries=15)
+    name = w.removesuffix("-omniglot")
+    return registry.build(name, spec), tasks.FewShot(_images(), ways=config["ways"], shots=1, queries=15)
 
 
 def _run_one(config: dict) -> dict:
