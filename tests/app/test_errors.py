@@ -117,6 +117,13 @@ def test_library_errors_are_one_line_with_the_flags_named(monkeypatch, capsys):
     assert info.value.code == 130 and capsys.readouterr().err == "metajax train: interrupted (Ctrl-C).\n"
 
 
+def test_a_command_called_from_a_script_still_prints_its_refusal():
+    args = cli.build_parser().parse_args(["train", "--seed", "-1", *OUT])
+    with pytest.raises(SystemExit) as info:  # outside main(): the interpreter prints a str code, exit status 1
+        cli.train_command(args)
+    assert info.value.code == "--seed must be in [0, 2**32) (JAX uses 32 bits of it), got -1."
+
+
 def test_flag_names_replace_only_argument_names():
     assert errors.with_flags("num_tasks must be >= 2; got num_tasks=1", "train") == (
         "--eval-tasks must be >= 2; got --eval-tasks=1"

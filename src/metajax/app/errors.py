@@ -61,10 +61,15 @@ FLAGS: dict[str, dict[str, str]] = {
 
 
 class CommandError(SystemExit):
-    """What a command refuses: ``str()`` is the one-line message; the exit status is ``code`` (2)."""
+    """What a command refuses: ``str()`` is the one-line message.
 
-    def __init__(self, message: str, code: int = 2):
-        super().__init__(code)
+    Raised by a command, ``code`` is the message, so that a script calling the command
+    outside :func:`run_command` still prints it; :func:`run_command` prints it and raises
+    one with ``code`` the exit status.
+    """
+
+    def __init__(self, message: str, code: int | None = None):
+        super().__init__(message if code is None else code)
         self.message = message
 
     def __str__(self) -> str:
@@ -116,7 +121,7 @@ def run_command(command: str, body: Callable[[], int], debug: bool = False) -> i
     try:
         return body()
     except CommandError as error:
-        line, code = error.message, int(error.code or 2)
+        line, code = error.message, error.code if isinstance(error.code, int) else 2
     except KeyboardInterrupt:
         if debug:
             raise
