@@ -167,8 +167,10 @@ def test_plot_subcommand(run_dir, tmp_path, capsys):
     written = plot.run(_parse(["plot", str(run_dir), "--out", str(tmp_path / "figs")]))
     assert {p.name for p in (tmp_path / "figs").iterdir()} == {"training_curve.png", "adaptation.png"}
     assert f"wrote {written[0]}" in capsys.readouterr().out
+    from metajax.app import cli
+
     with pytest.raises(SystemExit, match=f"metajax plot: .*{tmp_path / 'metrics.json'}"):
-        plot.run(_parse(["plot", str(tmp_path)]))
+        cli.main(["plot", str(tmp_path)])
 
 
 def test_benchmark_plot_from_bench_records(tmp_path):

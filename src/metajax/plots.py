@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from metajax._io import read_json_lines
 from metajax.continual.plots import plot_accuracy_matrix
 
 # Entries of a training-curve record that are not metrics of the learner.
@@ -393,7 +394,7 @@ def plot_benchmark(records: str | os.PathLike | Sequence[Mapping], path: str | o
         file = Path(records)
         if not file.is_file():
             raise FileNotFoundError(f"No benchmark records at {file}; write them with metajax bench --out FILE.")
-        records = [json.loads(line) for line in file.read_text().splitlines() if line.strip()]
+        records = read_json_lines(file)
     results = [r for r in records if r.get("kind") == "result"]
     if not results:
         raise ValueError("The benchmark records hold no result lines (kind 'result').")

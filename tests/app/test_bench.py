@@ -63,7 +63,7 @@ def test_subcommand_parser():
 
 
 def test_sinusoid_run_prints_json_records(capsys, tmp_path):
-    out = tmp_path / "bench.jsonl"
+    out = tmp_path / "new" / "bench.jsonl"  # its folder is created
     args = _args(
         "--workload",
         "maml-sinusoid",

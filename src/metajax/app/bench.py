@@ -42,6 +42,10 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
+
+from metajax._io import append_json_line, dumps
+from metajax.app.errors import CommandError, output_file_folder, run_command
 
 # Embedding learners on Omniglot episodes: one workload each, built by registry name.
 EPISODIC = tuple(f"{name}-omniglot" for name in ("protonet", "matchingnet", "transformer", "snail", "feat"))
@@ -199,38 +203,38 @@ def configs(args: argparse.Namespace) -> list[dict]:
 def run(args: argparse.Namespace) -> list[dict]:
     """Run ``metajax bench``: print (and return) one JSON line per measurement."""
     if args.threads is not None and args.threads < 1:
-        raise SystemExit(f"metajax bench: --threads must be positive, got {args.threads}.")
+        raise CommandError(f"--threads must be positive, got {args.threads}.")
     if args.in_process:
         _pin_threads(args.threads)
     for name in ("steps", "warmup"):
         if getattr(args, name) < (1 if name == "steps" else 0):
-            raise SystemExit(
-                f"metajax bench: --{name} must be {'positive' if name == 'steps' else 'non-negative'}, "
-                f"got {getattr(args, name)}."
+            raise CommandError(
+                f"--{name} must be {'positive' if name == 'steps' else 'non-negative'}, got {getattr(args, name)}."
             )
     if (args.torch or args.torch_only) and not _have_torch():
-        raise SystemExit("metajax bench: --torch needs PyTorch; install the bench extra: pip install 'metajax[bench]'.")
-    sink = open(args.out, "a") if args.out else None  # noqa: SIM115
+        raise CommandError("--torch needs PyTorch; install the bench extra: pip install 'metajax[bench]'.")
+    if args.out:
+        output_file_folder(Path(args.out))
     results: list[dict] = []
 
     def emit(record: dict) -> None:
-        line = json.dumps(record)
-        print(line, flush=True)
-        if sink is not None:
-            sink.write(line + "\n")
-            sink.flush()
+        print(dumps(record), flush=True)
+        if args.out:
+            append_json_line(args.out, record)
         results.append(record)
 
-    try:
-        emit({"kind": "machine", **machine_info(torch=args.torch or args.torch_only)})
-        for config in configs(args):
-            emit(_run_one(config) if args.in_process else _run_isolated(config))
-        for record in ratios(results):
-            emit(record)
-    finally:
-        if sink is not None:
-            sink.close()
+    emit({"kind": "machine", **machine_info(torch=args.torch or args.torch_only)})
+    for config in configs(args):
+        emit(_run_one(config) if args.in_process else _run_isolated(config))
+    for record in ratios(results):
+        emit(record)
     return results
+
+
+def command(args: argparse.Namespace) -> int:
+    """``metajax bench``: :func:`run`, exit status 0."""
+    run(args)
+    return 0
 
 
 def _run_isolated(config: dict) -> dict:
@@ -553,8 +557,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         _pin_threads(config.get("threads"))  # before JAX or PyTorch size their thread pools
         print(json.dumps(_run_one(config)), flush=True)
         return 0
-    run(build_parser().parse_args(argv))
-    return 0
+    args = build_parser().parse_args(argv)
+    return run_command("bench", lambda: command(args))
 
 
 if __name__ == "__main__":

@@ -8,7 +8,6 @@ and 95% interval of the metric). The defaults are the MAML paper's sinusoid prot
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from collections.abc import Sequence
@@ -17,7 +16,27 @@ from typing import Any, NamedTuple, cast
 
 from metajax import learner as registry
 from metajax.app import bench, continual, plot
-from metajax.app.runs import JsonLines, machine, resume_or_exit, write_json_atomic
+from metajax.app.errors import (
+    CommandError,
+    check_eval,
+    check_finite,
+    check_positive_ints,
+    check_seed,
+    flag,
+    run_command,
+)
+from metajax.app.runs import (
+    JsonLines,
+    check_out,
+    claim,
+    machine,
+    read_json_lines,
+    refuse_other_settings,
+    require_tensorboard,
+    resume_or_exit,
+    settings,
+    write_json_atomic,
+)
 
 GRADIENT_ALGORITHMS = registry.names(family="gradient")
 METRIC_ALGORITHMS = registry.names(family="metric")
@@ -33,6 +52,7 @@ DEFAULT_FILTERS = {"omniglot": 64, "miniimagenet": 32}
 def build_parser() -> argparse.ArgumentParser:
     """The ``metajax`` argument parser."""
     parser = argparse.ArgumentParser(prog="metajax", description="Meta-learning in JAX.")
+    parser.add_argument("--debug", action="store_true", help="on an error, show the traceback instead of one line")
     sub = parser.add_subparsers(dest="command", required=True)
     t = sub.add_parser("train", help="meta-train, evaluate on new tasks, write OUT/metrics.json")
     t.add_argument("--algo", choices=ALGORITHMS, default="maml", help="learner (default: maml)")
@@ -44,10 +64,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="query examples per task (sinusoid, default: --shots) or per class (default 15)",
     )
-    t.add_argument("--ways", type=int, default=5, help="classes per test episode (classification; default 5)")
+    # The flags of some tasks or learners only default to None, so that giving one elsewhere is refused.
+    t.add_argument("--ways", type=int, default=None, help="classes per test episode (image tasks; default 5)")
     t.add_argument("--train-ways", type=int, default=None, help="classes per training episode (default: --ways)")
     t.add_argument("--data-root", type=Path, default=None, help="dataset folder (default: $METAJAX_DATA)")
-    t.add_argument("--backbone", choices=("conv4", "resnet12"), default="conv4", help="image backbone (default conv4)")
+    t.add_argument("--backbone", choices=("conv4", "resnet12"), default=None, help="image backbone (default conv4)")
     t.add_argument(
         "--filters", type=int, default=None, help="Conv4 filters (default: 64 Omniglot, 32 miniImageNet MAML)"
     )
@@ -58,12 +79,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--lr-decay-every", type=int, default=None, help="halve the meta step size every N steps")
     t.add_argument("--steps", type=int, default=70000, help="meta-steps (default 70000)")
     t.add_argument("--time-limit", type=float, default=None, help="stop meta-training after this many minutes")
-    t.add_argument("--seed", type=int, default=0, help="PRNG seed (default 0)")
-    t.add_argument("--out", type=Path, required=True, help="output directory")
+    t.add_argument("--seed", type=int, default=0, help="PRNG seed in [0, 2**32) (default 0)")
+    t.add_argument("--out", type=Path, required=True, help="output directory (refused if it holds another run)")
     t.add_argument("--eval-tasks", type=int, default=600, help="new tasks at meta-test (default 600)")
     t.add_argument("--eval-steps", type=int, default=None, help="inner steps at meta-test (default 10; 3 on Omniglot)")
-    t.add_argument("--imaml-prox", type=float, default=1.0, help="iMAML proximal strength lambda (default 1.0)")
-    t.add_argument("--imaml-cg-steps", type=int, default=5, help="iMAML conjugate-gradient steps (default 5)")
+    t.add_argument("--imaml-prox", type=float, default=None, help="iMAML proximal strength lambda (default 1.0)")
+    t.add_argument("--imaml-cg-steps", type=int, default=None, help="iMAML conjugate-gradient steps (default 5)")
     t.add_argument(
         "--steps-per-call", type=int, default=None, help="meta-steps per dispatch (default: 100 for sinusoid)"
     )
@@ -78,8 +99,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="meta-steps between checkpoints in OUT/checkpoints (0: none; default 10000 sinusoid, 500 images)",
     )
     t.add_argument(
-        "--resume", type=Path, default=None, help="continue the run whose --out was DIR from its newest checkpoint"
+        "--resume",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="continue the run whose --out was DIR from its newest checkpoint, with its settings (README)",
     )
+    t.add_argument("--overwrite", action="store_true", help="replace the run already in --out (its files only)")
     t.add_argument("--tensorboard", action="store_true", help="also write TensorBoard events to OUT/tensorboard")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
     continual.add_parser(sub)
@@ -91,6 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--eval-steps", type=int, default=None, help="inner steps (default: the run's)")
     e.add_argument("--data-root", type=Path, default=None, help="dataset folder (default: the run's, or $METAJAX_DATA)")
     e.add_argument("--seed", type=int, default=None, help="PRNG seed of the test tasks (default: the run's)")
+    for command in sub.choices.values():  # --debug also after the command; SUPPRESS keeps the global one's value
+        command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     return parser
 
 
@@ -113,7 +141,7 @@ def build_learner(args: argparse.Namespace, ways: int | None = None):
     entry = registry.entry(args.algo)
     kind = "regression" if args.task == "sinusoid" else "classification"
     if kind not in entry.kinds:
-        raise SystemExit(f"metajax train: --algo {args.algo} needs a classification task, not --task {args.task}.")
+        raise CommandError(f"--algo {args.algo} needs a classification task, not --task {args.task}.")
     spec = registry.Spec(
         kind,
         1 if kind == "regression" else cast(int, ways),  # Spec refuses ways=None ("outputs must be a positive integer")
@@ -139,31 +167,61 @@ def build_tasks(args: argparse.Namespace):
     return dataclasses.replace(bench.train, ways=train_ways), bench.test
 
 
+# Flags that set only image tasks, only iMAML; their defaults once they are known to apply.
+IMAGE_FLAGS = ("ways", "train_ways", "data_root", "backbone", "filters")
+IMAML_FLAGS = ("imaml_prox", "imaml_cg_steps")
+DEFAULTS = {"ways": 5, "backbone": "conv4", "imaml_prox": 1.0, "imaml_cg_steps": 5}
+
+
 def _check_args(args: argparse.Namespace) -> None:
-    for name in ("shots", "ways", "meta_batch", "inner_steps", "steps", "log_every", "imaml_cg_steps"):
-        value = getattr(args, name)
-        if value <= 0:
-            raise SystemExit(f"metajax train: --{name.replace('_', '-')} must be a positive integer, got {value}.")
-    for name in ("query", "steps_per_call", "train_ways", "filters", "lr_decay_every"):
-        value = getattr(args, name)
-        if value is not None and value <= 0:
-            raise SystemExit(f"metajax train: --{name.replace('_', '-')} must be a positive integer, got {value}.")
-    if args.eval_tasks < 2:
-        raise SystemExit(f"metajax train: --eval-tasks must be at least 2, got {args.eval_tasks}.")
-    if args.eval_steps is not None and args.eval_steps < 0:
-        raise SystemExit(f"metajax train: --eval-steps must be non-negative, got {args.eval_steps}.")
+    """Refuse bad values and flags that do not apply; then fill in the defaults of those that do."""
+    check_finite(args)
+    check_seed(args.seed)
+    check_positive_ints(args, ("shots", "meta_batch", "inner_steps", "steps", "log_every"))
+    optional = ("query", "ways", "train_ways", "steps_per_call", "filters", "lr_decay_every", "imaml_cg_steps")
+    check_positive_ints(args, optional, optional=True)
+    check_eval(args)
     if args.checkpoint_every is not None and args.checkpoint_every < 0:
-        raise SystemExit(f"metajax train: --checkpoint-every must be non-negative, got {args.checkpoint_every}.")
+        raise CommandError(f"--checkpoint-every must be non-negative, got {args.checkpoint_every}.")
     if args.resume is not None and not (args.resume / "checkpoints").is_dir():
-        raise SystemExit(
-            f"metajax train: --resume {args.resume} holds no checkpoints/ folder; pass the --out of an earlier run."
-        )
+        raise CommandError(f"--resume {args.resume} holds no checkpoints/ folder; pass the --out of an earlier run.")
     if args.time_limit is not None and not args.time_limit > 0:
-        raise SystemExit(f"metajax train: --time-limit must be positive (minutes), got {args.time_limit}.")
+        raise CommandError(f"--time-limit must be positive (minutes), got {args.time_limit}.")
     for name in ("inner_lr", "meta_lr", "imaml_prox"):
         value = getattr(args, name)
-        if not value > 0:
-            raise SystemExit(f"metajax train: --{name.replace('_', '-')} must be positive, got {value}.")
+        if value is not None and not value > 0:
+            raise CommandError(f"{flag(name)} must be positive, got {value}.")
+    _refuse_inapplicable(args)
+    _fill_defaults(args)
+    check_out(args.out, args.resume, args.overwrite)
+    if args.tensorboard:
+        require_tensorboard()
+
+
+def _refuse_inapplicable(args: argparse.Namespace) -> None:
+    def given(names):
+        return next((flag(n) for n in names if getattr(args, n) is not None), None)
+
+    if args.task == "sinusoid" and given(IMAGE_FLAGS):
+        raise CommandError(f"{given(IMAGE_FLAGS)} does not apply to --task sinusoid; it sets the image tasks.")
+    if args.algo != "imaml" and given(IMAML_FLAGS):
+        raise CommandError(f"{given(IMAML_FLAGS)} applies to --algo imaml only, not --algo {args.algo}.")
+    if args.backbone == "resnet12" and args.filters is not None:
+        raise CommandError("--filters sets the width of Conv4; --backbone resnet12 has fixed widths.")
+    ways = DEFAULTS["ways"] if args.ways is None else args.ways
+    family = registry.entry(args.algo).family
+    if args.train_ways not in (None, ways) and family != "metric":
+        # Its head has one output per training way: it would score test episodes on classes they lack.
+        raise CommandError(
+            f"--train-ways {args.train_ways} differs from --ways {ways}, but --algo {args.algo} has a fixed-size "
+            f"head; only the metric learners ({', '.join(METRIC_ALGORITHMS)}) train on other ways than they test."
+        )
+
+
+def _fill_defaults(args: argparse.Namespace) -> None:
+    for name, value in DEFAULTS.items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
 
 
 class _Run(NamedTuple):
@@ -213,6 +271,16 @@ def _evaluate(run: _Run, params, key, num_tasks: int) -> dict:
                     num_steps=run.eval_steps, task_batching=run.task_batching)  # fmt: skip
 
 
+# Settings a resumed run may change: where and how it is recorded, when it stops, how the same
+# meta-steps are grouped and batched on the machine, and the final evaluation. --steps may
+# only grow (from the checkpoint's step). The rest (learner, task, model, step sizes, seed,
+# meta-batch) define what is learned and are refused.
+RESUMABLE = (
+    "out", "steps", "time_limit", "no_progress", "log_every", "checkpoint_every",
+    "tensorboard", "steps_per_call", "task_batching", "eval_tasks", "eval_steps", "data_root",
+)  # fmt: skip
+
+
 def train_command(args: argparse.Namespace) -> dict:
     """Run ``metajax train``; returns what it writes to ``OUT/metrics.json``."""
     _check_args(args)
@@ -223,13 +291,13 @@ def train_command(args: argparse.Namespace) -> dict:
     run = _prepare(args)
     learner, train_task, optimizer = run.learner, run.train_task, run.optimizer
     steps_per_call, task_batching = run.steps_per_call, run.task_batching
-    args.out.mkdir(parents=True, exist_ok=True)
     k_train, k_eval = jax.random.split(jax.random.key(args.seed))  # k_eval == _eval_key(args.seed)
-    config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+    config = settings(args)
     config.update(steps_per_call=steps_per_call, eval_steps=run.eval_steps, task_batching=task_batching)
     state, log = init_state(learner, train_task, optimizer, k_train), []
     if args.resume is not None:
-        state, log = _resume(args.resume, state)
+        state, log = _resume(args, config, state)
+    claim(args.out, args.overwrite)  # the first change to the folder
     checkpoint_every = args.checkpoint_every
     if checkpoint_every is None:
         checkpoint_every = 10000 if args.task == "sinusoid" else 500
@@ -242,25 +310,27 @@ def train_command(args: argparse.Namespace) -> dict:
         args.out / "log.jsonl", log, tensorboard=args.out / "tensorboard" if args.tensorboard else None
     )
     start_step, t0 = int(state.step), time.perf_counter()
-    state, history = train(
-        learner,
-        train_task,
-        optimizer,
-        key=k_train,
-        state=state,
-        checkpointer=checkpointer,
-        checkpoint_record=config,
-        on_log=lambda _, entry: log_file.append(entry),
-        num_steps=args.steps,
-        meta_batch=args.meta_batch,
-        steps_per_call=steps_per_call,
-        log_every=args.log_every,
-        task_batching=task_batching,
-        progress=not args.no_progress,
-        max_seconds=None if args.time_limit is None else 60 * args.time_limit,
-    )
+    try:
+        state, history = train(
+            learner,
+            train_task,
+            optimizer,
+            key=k_train,
+            state=state,
+            checkpointer=checkpointer,
+            checkpoint_record=config,
+            on_log=lambda _, entry: log_file.append(entry),
+            num_steps=args.steps,
+            meta_batch=args.meta_batch,
+            steps_per_call=steps_per_call,
+            log_every=args.log_every,
+            task_batching=task_batching,
+            progress=not args.no_progress,
+            max_seconds=None if args.time_limit is None else 60 * args.time_limit,
+        )
+    finally:
+        log_file.close()
     train_seconds = time.perf_counter() - t0
-    log_file.close()
     eval_summary = _evaluate(run, state.params, k_eval, args.eval_tasks)
     history = log + history
     result = {
@@ -270,8 +340,8 @@ def train_command(args: argparse.Namespace) -> dict:
             "steps": int(state.step),
             "seconds": train_seconds,
             "tasks_per_s": (int(state.step) - start_step) * args.meta_batch / train_seconds,
-            "loss_first": history[0]["loss"],
-            "loss_last": history[-1]["loss"],
+            "loss_first": history[0]["loss"] if history else None,
+            "loss_last": history[-1]["loss"] if history else None,
             "curve": history,
         },
         "eval": eval_summary,
@@ -282,6 +352,8 @@ def train_command(args: argparse.Namespace) -> dict:
 
 def eval_command(args: argparse.Namespace) -> dict:
     """Run ``metajax eval RUN``: evaluate a run's newest checkpoint; returns what it writes to ``RUN/eval.json``."""
+    check_eval(args)
+    check_seed(args.seed)
     import jax
 
     from metajax.checkpoint import Checkpointer
@@ -289,19 +361,18 @@ def eval_command(args: argparse.Namespace) -> dict:
 
     checkpoints = args.run / "checkpoints"
     if not checkpoints.is_dir():
-        raise SystemExit(
-            f"metajax eval: {args.run} holds no checkpoints/ folder; pass the --out of a metajax train run."
-        )
+        raise CommandError(f"{args.run} holds no checkpoints/ folder; pass the --out of a metajax train run.")
     checkpointer = Checkpointer(checkpoints, every=1)
     try:
         step = checkpointer.latest_step()
         if step is None:
-            raise SystemExit(f"metajax eval: no checkpoint in {checkpoints}.")
+            raise CommandError(f"no checkpoint in {checkpoints}.")
         record = checkpointer.record(step)
         train_args = build_parser().parse_args(["train", "--out", str(args.run)])
         for name, value in record.items():
             if hasattr(train_args, name):
                 setattr(train_args, name, Path(value) if name in ("out", "data_root", "resume") and value else value)
+        _fill_defaults(train_args)  # a record holds every setting; older ones may lack newer flags
         if args.eval_steps is not None:
             train_args.eval_steps = args.eval_steps
         if args.data_root is not None:
@@ -309,7 +380,7 @@ def eval_command(args: argparse.Namespace) -> dict:
     finally:
         checkpointer.close()
     run = _prepare(train_args)
-    state = _restore_newest(args.run, init_state(run.learner, run.train_task, run.optimizer, jax.random.key(0)), "eval")
+    state, _ = _restore_newest(args.run, init_state(run.learner, run.train_task, run.optimizer, jax.random.key(0)))
     seed = train_args.seed if args.seed is None else args.seed
     result = {
         "config": {**record, "eval_tasks": args.eval_tasks, "eval_steps": run.eval_steps, "seed": seed},
@@ -321,20 +392,34 @@ def eval_command(args: argparse.Namespace) -> dict:
     return result
 
 
-def _restore_newest(run_dir: Path, like, command: str):
-    """The newest readable checkpoint of the run ``run_dir``, shaped like ``like``; bad ones exit with the reason."""
-    state, record = resume_or_exit(run_dir / "checkpoints", like, f"metajax {command}")
+def _restore_newest(run_dir: Path, like):
+    """The newest readable checkpoint of the run ``run_dir``, shaped like ``like``, and its record."""
+    state, record = resume_or_exit(run_dir / "checkpoints", like, "")
     if record is None:
-        raise SystemExit(f"metajax {command}: no checkpoint in {run_dir / 'checkpoints'} to resume from.")
-    return state
+        raise CommandError(f"no checkpoint in {run_dir / 'checkpoints'} to resume from.")
+    return state, record
 
 
-def _resume(run_dir: Path, like):
-    """The newest readable checkpoint of ``run_dir`` and the log entries up to its step."""
-    state = _restore_newest(run_dir, like, "train")
-    log_path = run_dir / "log.jsonl"
-    entries = [json.loads(line) for line in log_path.read_text().splitlines()] if log_path.is_file() else []
-    return state, [e for e in entries if e["step"] <= int(state.step)]
+def _resume(args: argparse.Namespace, config: dict, like):
+    """The state of ``--resume``'s newest readable checkpoint and its log entries, once its settings fit ``config``.
+
+    A notice on stderr names the settings that changed (only :data:`RESUMABLE` ones may).
+    """
+    state, record = _restore_newest(args.resume, like)
+    step = int(state.step)
+    changed = refuse_other_settings(args.resume, record, config, allowed=RESUMABLE)
+    if args.steps < step:
+        raise CommandError(
+            f"--steps {args.steps} is below the step {step} of --resume {args.resume}'s checkpoint; "
+            f"pass --steps {step} or more."
+        )
+    notice = f"resuming {args.resume} from step {step}"
+    if changed:
+        notice += " with " + ", ".join(f"{flag(k)} {new} (was {old})" for k, (old, new) in changed.items())
+    print(f"metajax train: {notice}.", file=sys.stderr)
+    log_path = args.resume / "log.jsonl"
+    entries = read_json_lines(log_path) if log_path.is_file() else []
+    return state, [e for e in entries if e["step"] <= step]
 
 
 def _summary_line(result: dict) -> str:
@@ -348,27 +433,35 @@ def _summary_line(result: dict) -> str:
     return f"{metric} on {ev['num_tasks']} new tasks, " + ", ".join(parts)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``metajax`` console script."""
-    args = build_parser().parse_args(argv)
-    if args.command == "train":
-        result = train_command(args)
-        print(_summary_line(result))
-    elif args.command == "plot":
-        plot.run(args)
-        return 0
-    elif args.command == "bench":
-        bench.run(args)
-        return 0
-    elif args.command == "eval":
-        result = eval_command(args)
-        print(_summary_line(result))
-        print(f"wrote {args.run / 'eval.json'}")
-        return 0
-    elif args.command == "continual":
-        print(continual.table(continual.run(args)))
+def _train(args: argparse.Namespace) -> int:
+    print(_summary_line(train_command(args)))
     print(f"wrote {args.out / 'metrics.json'}")
     return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    print(_summary_line(eval_command(args)))
+    print(f"wrote {args.run / 'eval.json'}")
+    return 0
+
+
+def _continual(args: argparse.Namespace) -> int:
+    print(continual.table(continual.run(args)))
+    print(f"wrote {args.out / 'metrics.json'}")
+    return 0
+
+
+COMMANDS = {"train": _train, "eval": _eval, "continual": _continual, "bench": bench.command, "plot": plot.command}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``metajax`` console script.
+
+    Raises:
+        CommandError: (a ``SystemExit``) an expected error, already printed as one line; exit status 2, 130 on Ctrl-C.
+    """
+    args = build_parser().parse_args(argv)
+    return run_command(args.command, lambda: COMMANDS[args.command](args), debug=args.debug)
 
 
 if __name__ == "__main__":

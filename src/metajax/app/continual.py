@@ -11,24 +11,33 @@ run) and OML's meta-training is checkpointed into ``OUT/checkpoints/oml`` every 
 its steps; ``--resume DIR`` (the ``--out`` of an interrupted run with the same settings)
 keeps DIR's finished learners and continues OML's meta-training from its newest
 checkpoint, so a killed run loses at most one learner's stream pass and a tenth of the
-meta-training, and ends with the same results as an uninterrupted one.
+meta-training, and ends with the same results as an uninterrupted one. Without
+``--resume``, an ``--out`` holding a run is refused unless ``--overwrite`` is given.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import time
 from pathlib import Path
 from typing import Any
 
 from metajax import learner as registry
-from metajax.app.runs import machine, resume_or_exit, write_json_atomic
+from metajax.app.errors import CommandError, check_finite, check_positive_ints, check_seed
+from metajax.app.runs import (
+    check_out,
+    claim,
+    machine,
+    refuse_other_settings,
+    resume_or_exit,
+    settings,
+    write_json_atomic,
+)
 
 LEARNERS = (*registry.names(family="continual"), "joint")
 STREAMS = ("rotated-fmnist", "permuted-fmnist", "sine")
-RESUMABLE_CHANGES = ("out", "resume", "learners")  # settings a resumed run may change
+RESUMABLE_CHANGES = ("out", "learners")  # settings a resumed run may change
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -70,29 +79,19 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         metavar="DIR",
         help="continue the run whose --out was DIR: keep its finished learners, resume OML's meta-training",
     )
+    c.add_argument("--overwrite", action="store_true", help="replace the run already in --out (its files only)")
     return c
 
 
 def _check(args) -> None:
-    for name in (
-        "tasks",
-        "train_per_task",
-        "test_per_task",
-        "batch_size",
-        "hidden",
-        "capacity",
-        "replay_batch",
-        "meta_steps",
-        "stream_steps",
-    ):
-        if getattr(args, name) <= 0:
-            raise SystemExit(
-                f"metajax continual: --{name.replace('_', '-')} must be a positive integer, got {getattr(args, name)}."
-            )
+    check_finite(args)
+    check_seed(args.seed)
+    names = ("tasks", "train_per_task", "test_per_task", "batch_size", "hidden", "capacity", "replay_batch")
+    check_positive_ints(args, (*names, "meta_steps", "stream_steps"))
+    if args.ood_tasks < 0:
+        raise CommandError(f"--ood-tasks must be a non-negative integer, got {args.ood_tasks}.")
     if args.train_per_task % args.batch_size:
-        raise SystemExit(
-            f"metajax continual: --batch-size {args.batch_size} must divide --train-per-task {args.train_per_task}."
-        )
+        raise CommandError(f"--batch-size {args.batch_size} must divide --train-per-task {args.train_per_task}.")
     # Regression targets (sine amplitudes up to 5) give gradients and Fisher values ~10-100x
     # those of classification: the classification defaults diverge there (EWC, La-MAML).
     sine = args.stream == "sine"
@@ -102,15 +101,12 @@ def _check(args) -> None:
         args.ewc_strength = 1.0 if sine else 100.0
     for name in ("lr", "ewc_strength"):
         if not getattr(args, name) > 0:
-            raise SystemExit(
-                f"metajax continual: --{name.replace('_', '-')} must be positive, got {getattr(args, name)}."
-            )
+            raise CommandError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}.")
     if not 0.0 <= args.p_stay <= 1.0:
-        raise SystemExit(f"metajax continual: --p-stay must be in [0, 1], got {args.p_stay}.")
+        raise CommandError(f"--p-stay must be in [0, 1], got {args.p_stay}.")
     if min(args.mixture) < 0 or sum(args.mixture) <= 0:
-        raise SystemExit(
-            f"metajax continual: --mixture needs non-negative weights with a positive sum, got {args.mixture}."
-        )
+        raise CommandError(f"--mixture needs non-negative weights with a positive sum, got {args.mixture}.")
+    check_out(args.out, args.resume, args.overwrite)
 
 
 def build_streams(args, key):
@@ -200,13 +196,11 @@ def meta_train_oml(learner, meta_pool, args, key):
     state, record = init_state(learner, task, optimizer, key), {"history": []}
     saved = None if args.resume is None else args.resume / "checkpoints" / "oml"
     if saved is not None and saved.is_dir():
-        state, found = resume_or_exit(saved, state, "metajax continual: OML's meta-training")
+        state, found = resume_or_exit(saved, state, "OML's meta-training")
         if found is not None:
             record["history"] = [e for e in found["history"] if e["step"] <= int(state.step)]
-    directory = args.out / "checkpoints" / "oml"
-    if saved is None or directory.absolute() != saved.absolute():
-        shutil.rmtree(directory, ignore_errors=True)  # another run's checkpoints would shadow this run's
-    checkpointer = Checkpointer(directory, every=max(1, args.meta_steps // 10))
+    # --out holds no other run's checkpoints (check_out), so this run's own are the only ones there.
+    checkpointer = Checkpointer(args.out / "checkpoints" / "oml", every=max(1, args.meta_steps // 10))
     resumed_from = int(state.step)
     try:
         state, _ = train(
@@ -238,15 +232,15 @@ def run(args: argparse.Namespace) -> dict:
     from metajax import continual as C
     from metajax import tasks
 
-    config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+    config = settings(args)
     earlier = {} if args.resume is None else _earlier_learners(args.resume, config)
     key = jax.random.key(args.seed)
     k_data, k_sched, k_meta, k_run = jax.random.split(key, 4)
     seq, ood, meta_pool, kind = build_streams(args, k_data)
     if "oml" in args.learners and "oml" not in earlier and meta_pool is None:
-        raise SystemExit("metajax continual: --learners oml needs a Fashion-MNIST stream (meta-training tasks).")
+        raise CommandError("--learners oml needs a Fashion-MNIST stream (meta-training tasks).")
     metric = "mse" if kind == "regression" else "accuracy"
-    args.out.mkdir(parents=True, exist_ok=True)
+    claim(args.out, args.overwrite)  # the first change to the folder
     result: dict[str, Any] = {"config": config, "machine": machine(), "metric": metric, "learners": {}, "pending": []}
     schedule = None
     if args.lifelong:
@@ -310,20 +304,11 @@ def run(args: argparse.Namespace) -> dict:
 
 def _earlier_learners(run_dir: Path, config: dict) -> dict:
     """The finished learners' results of the run ``run_dir``, after checking it ran with ``config``."""
-    from metajax.checkpoint import differing_settings
-
     path = run_dir / "metrics.json"
     if not path.is_file():
-        raise SystemExit(
-            f"metajax continual: --resume {run_dir} holds no metrics.json; pass the --out of an earlier run."
-        )
+        raise CommandError(f"--resume {run_dir} holds no metrics.json; pass the --out of an earlier run.")
     earlier = json.loads(path.read_text())
-    differ = differing_settings(earlier["config"], json.loads(json.dumps(config)), ignore=RESUMABLE_CHANGES)
-    if differ:
-        raise SystemExit(
-            f"metajax continual: --resume {run_dir} ran with other settings (setting: (earlier, now) = {differ}); "
-            f"only {', '.join('--' + k for k in RESUMABLE_CHANGES)} may change."
-        )
+    refuse_other_settings(run_dir, earlier["config"], config, allowed=RESUMABLE_CHANGES)
     return earlier["learners"]
 
 

@@ -21,17 +21,20 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> list[Path]:
-    """Run ``metajax plot``: write the PNGs, print their paths; bad input exits with the reason."""
-    try:
-        if args.run.suffix == ".jsonl":
-            target = Path(args.out or args.run.parent) / (args.run.stem + ".png")
-            target.parent.mkdir(parents=True, exist_ok=True)
-            plot_benchmark(args.run, target)
-            written = [target]
-        else:
-            written = plot_run(args.run, args.out)
-    except (FileNotFoundError, ValueError) as error:
-        raise SystemExit(f"metajax plot: {error}") from error
+    """Run ``metajax plot``: write the PNGs, print their paths (bad input raises the library's error)."""
+    if args.run.suffix == ".jsonl":
+        target = Path(args.out or args.run.parent) / (args.run.stem + ".png")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        plot_benchmark(args.run, target)
+        written = [target]
+    else:
+        written = plot_run(args.run, args.out)
     for path in written:
         print(f"wrote {path}")
     return written
+
+
+def command(args: argparse.Namespace) -> int:
+    """``metajax plot``: :func:`run`, exit status 0."""
+    run(args)
+    return 0
