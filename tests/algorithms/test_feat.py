@@ -11,6 +11,7 @@ import pytest
 import metajax
 from helpers import VectorTasks, one_task
 from metajax import models
+from metajax.app import cli
 
 TASK = VectorTasks(ways=3, shots=2, queries=2)
 
@@ -99,3 +100,18 @@ def test_bad_configuration_is_named():
         _learner(contrastive=-1)
     with pytest.raises(ValueError, match=r"dropout must be a rate in \[0, 1\), got 1.0"):
         _learner(dropout=1.0)
+
+
+def test_the_regulariser_weight_is_a_flag_of_feat_only(tmp_path, capsys):
+    with pytest.raises(SystemExit) as refused:
+        cli.main(["train", "--algo", "maml", "--feat-contrastive", "0.1", "--out", str(tmp_path)])
+    assert refused.value.code == 2
+    assert "--feat-contrastive applies to --algo feat only, not --algo maml" in capsys.readouterr().err
+    args = cli.build_parser().parse_args(["train", "--algo", "feat", "--task", "omniglot", "--out", str(tmp_path)])
+    for weight in (0.5, -1.0):
+        args.feat_contrastive, args.filters = weight, 8
+        if weight < 0:
+            with pytest.raises(ValueError, match="contrastive must be a finite weight >= 0"):
+                cli.build_learner(args, 5)
+        else:
+            assert cli.build_learner(args, 5).contrastive == 0.5

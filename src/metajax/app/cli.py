@@ -83,6 +83,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", type=Path, required=True, help="output directory (refused if it holds another run)")
     t.add_argument("--eval-tasks", type=int, default=600, help="new tasks at meta-test (default 600)")
     t.add_argument("--eval-steps", type=int, default=None, help="inner steps at meta-test (default 10; 3 on Omniglot)")
+    t.add_argument(
+        "--feat-contrastive",
+        type=float,
+        default=None,
+        help="FEAT's contrastive regulariser weight (the paper's balance, 0.1 to 1; default 0: off)",
+    )
     t.add_argument("--imaml-prox", type=float, default=None, help="iMAML proximal strength lambda (default 1.0)")
     t.add_argument("--imaml-cg-steps", type=int, default=None, help="iMAML conjugate-gradient steps (default 5)")
     t.add_argument(
@@ -149,7 +155,8 @@ def build_learner(args: argparse.Namespace, ways: int | None = None):
         inner_lr=args.inner_lr,
         inner_steps=args.inner_steps,
     )
-    return registry.build(args.algo, spec, prox=args.imaml_prox, cg_steps=args.imaml_cg_steps)
+    options = dict(prox=args.imaml_prox, cg_steps=args.imaml_cg_steps, contrastive=args.feat_contrastive)
+    return registry.build(args.algo, spec, **options)
 
 
 def build_tasks(args: argparse.Namespace):
@@ -169,8 +176,9 @@ def build_tasks(args: argparse.Namespace):
 
 # Flags that set only image tasks, only iMAML; their defaults once they are known to apply.
 IMAGE_FLAGS = ("ways", "train_ways", "data_root", "backbone", "filters")
-IMAML_FLAGS = ("imaml_prox", "imaml_cg_steps")
-DEFAULTS = {"ways": 5, "backbone": "conv4", "imaml_prox": 1.0, "imaml_cg_steps": 5}
+# Flags of one learner's own options: refused with any other --algo.
+LEARNER_FLAGS = {"imaml": ("imaml_prox", "imaml_cg_steps"), "feat": ("feat_contrastive",)}
+DEFAULTS = {"ways": 5, "backbone": "conv4", "imaml_prox": 1.0, "imaml_cg_steps": 5, "feat_contrastive": 0.0}
 
 
 def _check_args(args: argparse.Namespace) -> None:
@@ -204,8 +212,9 @@ def _refuse_inapplicable(args: argparse.Namespace) -> None:
 
     if args.task == "sinusoid" and given(IMAGE_FLAGS):
         raise CommandError(f"{given(IMAGE_FLAGS)} does not apply to --task sinusoid; it sets the image tasks.")
-    if args.algo != "imaml" and given(IMAML_FLAGS):
-        raise CommandError(f"{given(IMAML_FLAGS)} applies to --algo imaml only, not --algo {args.algo}.")
+    for algo, names in LEARNER_FLAGS.items():
+        if args.algo != algo and given(names):
+            raise CommandError(f"{given(names)} applies to --algo {algo} only, not --algo {args.algo}.")
     if args.backbone == "resnet12" and args.filters is not None:
         raise CommandError("--filters sets the width of Conv4; --backbone resnet12 has fixed widths.")
     ways = DEFAULTS["ways"] if args.ways is None else args.ways

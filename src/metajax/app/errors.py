@@ -36,6 +36,7 @@ FLAGS: dict[str, dict[str, str]] = {
         "root": "--data-root",
         "data_root": "--data-root",
         "prox": "--imaml-prox",
+        "contrastive": "--feat-contrastive",
         "cg_steps": "--imaml-cg-steps",
     },
     "eval": {
