@@ -122,3 +122,19 @@ def test_metajax_train_snail_on_sinusoid_reports_step_0(tmp_path):
     assert cli.main([*argv.split(), "--eval-tasks", "8", "--out", str(tmp_path), "--no-progress"]) == 0
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["eval"]["num_steps"] == 0 and len(metrics["eval"]["mse"]["mean"]) == 1
+
+
+def test_the_support_sequence_is_shuffled_by_the_key_only():
+    learner, episode = _learner(), one_task(SINE)
+    params = learner.init(jax.random.key(0), episode)
+    key = jax.random.key(3)
+    order = jax.random.permutation(key, 5)
+    shuffled = learner.predict(learner.adapt(params, episode.support, key), episode.query_x)
+    by_hand = learner.adapt(params, (episode.support_x[order], episode.support_y[order]), None)
+    np.testing.assert_allclose(shuffled, learner.predict(by_hand, episode.query_x), rtol=1e-5, atol=1e-6)
+    fixed = metajax.SNAIL(learner.embed, 1, attention=ATTENTION, filters=7, shuffle_support=False)
+    np.testing.assert_allclose(
+        fixed.predict(fixed.adapt(params, episode.support, key), episode.query_x),
+        learner.predict(learner.adapt(params, episode.support, None), episode.query_x),
+        rtol=1e-6,
+    )

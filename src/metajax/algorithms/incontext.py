@@ -57,11 +57,16 @@ class InContextLearner:
             (flattened), e.g. ``MLP(out=None)`` or ``Conv4(out=None)``.
         outputs: ways (classification) or target size (regression).
         objective: ``(predictions, targets) -> (loss, metrics)``; ``None`` follows the targets.
+        shuffle_support: present the support tokens in a random order drawn from ``adapt``'s
+            ``key`` (none without a key). For models that read the support set in order:
+            the few-shot tasks' support sets are class-major, so without it labels would
+            sit at fixed positions and a sequence model could learn positions, not labels.
     """
 
     embed: nn.Module
     outputs: int
     objective: Callable | None = dataclasses.field(default=None, kw_only=True)
+    shuffle_support: bool = dataclasses.field(default=False, kw_only=True)
 
     def __post_init__(self):
         check_positive_int("outputs", self.outputs)
@@ -89,12 +94,17 @@ class InContextLearner:
     ) -> dict:
         """The support set in context: ``{"params", "features" [S, F], "labels" [S, outputs]}``.
 
-        ``num_steps`` is ignored: there are no gradient steps at test time.
+        ``key`` orders the support tokens with ``shuffle_support``; ``num_steps`` is ignored:
+        there are no gradient steps at test time.
         """
-        del key, num_steps
+        del num_steps
         sx, sy = support
         features = flat_embedding(self.embed, params["embed"], sx)
-        return {"params": params, "features": features, "labels": encode_labels(sy, self.outputs, features.dtype)}
+        labels = encode_labels(sy, self.outputs, features.dtype)
+        if self.shuffle_support and key is not None:
+            order = jax.random.permutation(key, features.shape[0])
+            features, labels = features[order], labels[order]
+        return {"params": params, "features": features, "labels": labels}
 
     def predict(self, adapted: dict, x: jax.Array) -> jax.Array:
         """Outputs ``[examples, outputs]`` for queries ``x [examples, *features]``."""

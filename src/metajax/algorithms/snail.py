@@ -13,8 +13,10 @@ Every query sits at position ``S`` (after the ``S`` support tokens) of its own s
 as in the paper; because the network is causal the support tokens never see a query, so
 the support activations are computed once and all queries are answered in one pass, each
 seeing the support set and itself only. Unlike the Transformer learner, SNAIL reads the
-support set in order: its prediction depends on that order (the tasks permute labels per
-episode, so positions carry no label information).
+support set in order: its prediction depends on that order, so the support tokens are
+shuffled per episode (``shuffle_support``, from the episode's key), as the paper's
+sequences are; the few-shot tasks' class-major support sets would otherwise put each
+label at a fixed position.
 """
 
 from __future__ import annotations
@@ -106,6 +108,7 @@ class SNAIL(InContextLearner):
             consecutive ones.
         filters: new features of each dense block of a TC block.
         objective: ``(predictions, targets) -> (loss, metrics)``; ``None`` follows the targets.
+        shuffle_support: order the support sequence at random from ``adapt``'s key (default on).
 
     Example:
         >>> import jax, metajax
@@ -119,6 +122,7 @@ class SNAIL(InContextLearner):
 
     attention: tuple[tuple[int, int], ...] = ATTENTION
     filters: int = TC_FILTERS
+    shuffle_support: bool = dataclasses.field(default=True, kw_only=True)
 
     def __post_init__(self):
         super().__post_init__()
