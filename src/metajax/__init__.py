@@ -18,7 +18,7 @@ from metajax.algorithms import (
 from metajax.episode import Episode, StreamBatch, validate_episode
 from metajax.evaluation import confidence_interval, evaluate
 from metajax.learner import Learner, MetaObjective, OnlineLearner
-from metajax.training import TrainState, init_state, make_train_step, meta_step, train
+from metajax.training import Divergence, DivergenceError, TrainState, init_state, make_train_step, meta_step, train
 
 __version__ = "0.1.0"
 
@@ -38,6 +38,8 @@ def __getattr__(name: str):
 __all__ = [
     "ANIL",
     "MAML",
+    "Divergence",
+    "DivergenceError",
     "Episode",
     "FirstOrder",
     "Implicit",
