@@ -1,11 +1,13 @@
-"""Checkpoints: exact resume after SIGKILL, mismatched and corrupt checkpoints."""
+"""Checkpoints: exact resume after SIGKILL, mismatched, corrupt and half-written checkpoints, choosing a step."""
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import jax
@@ -16,7 +18,9 @@ import pytest
 import metajax
 from metajax import models, tasks
 from metajax.app import cli
-from metajax.checkpoint import Checkpointer, CheckpointMismatchError
+from metajax.checkpoint import Checkpointer, CheckpointMismatchError, CorruptCheckpointError
+
+TMP_SUFFIX = ".orbax-checkpoint-tmp"  # orbax's name for a step being written
 
 RUN = [
     "train",
@@ -103,3 +107,98 @@ def test_corrupt_newest_checkpoint_falls_back_to_the_older_one(tmp_path):
 def test_resume_without_checkpoints_is_a_clear_error(tmp_path):
     with pytest.raises(SystemExit, match="holds no checkpoints/ folder"):
         cli.main([*RUN, "--out", str(tmp_path / "new"), "--resume", str(tmp_path)])
+
+
+def _corrupt(step_dir: Path) -> None:
+    """Overwrite every file of a checkpoint's state with garbage."""
+    for path in (step_dir / "state").rglob("*"):
+        if path.is_file():
+            path.write_bytes(b"garbage")
+
+
+def test_resumed_run_replaces_the_corrupt_checkpoint_it_went_past(tmp_path):
+    learner, task, opt = (
+        metajax.MAML(models.MLP(hidden=(8,), out=1), inner_lr=0.01),
+        tasks.Sinusoid(shots=5),
+        optax.adam(1e-3),
+    )
+    common = dict(key=jax.random.key(2), meta_batch=2, steps_per_call=2, log_every=2, progress=False)
+    metajax.train(learner, task, opt, num_steps=4, checkpointer=Checkpointer(tmp_path, every=2), **common)
+    _corrupt(tmp_path / "4")
+    like = metajax.init_state(learner, task, opt, jax.random.key(0))
+    with pytest.warns(RuntimeWarning, match="could not be read"):
+        state, _ = Checkpointer(tmp_path, every=2).restore(like)
+    assert int(state.step) == 2
+    metajax.train(learner, task, opt, num_steps=4, state=state, checkpointer=Checkpointer(tmp_path, every=2), **common)
+    reference, _ = metajax.train(learner, task, opt, num_steps=4, **common)  # no checkpoints at all
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # step 4 now reads back
+        restored, _ = Checkpointer(tmp_path, every=2).restore(like)
+    assert int(restored.step) == 4
+    jax.tree.map(np.testing.assert_array_equal, restored.params, reference.params)
+
+
+def test_corrupt_record_falls_back_to_the_older_checkpoint(tmp_path):
+    checkpointer = Checkpointer(tmp_path, every=1)
+    checkpointer.save(_state(step=1), record={"lr": 0.1})
+    checkpointer.save(_state(step=2), record={"lr": 0.1})
+    (tmp_path / "2" / "record" / "metadata").write_text('{"lr": 0.')  # a torn write
+    with pytest.warns(RuntimeWarning, match=r"could not be read \(its record: JSONDecodeError"):
+        state, record = Checkpointer(tmp_path, every=1).restore(_state())
+    assert int(state.step) == 1 and record == {"lr": 0.1}
+    with pytest.warns(RuntimeWarning, match="its record"):
+        state, _ = Checkpointer(tmp_path, every=1).resume(_state(), record={"lr": 0.1})
+    assert int(state.step) == 1
+    with pytest.raises(CorruptCheckpointError, match="The record of checkpoint .*2 could not be read"):
+        checkpointer.record(2)
+
+
+def test_every_checkpoint_corrupt_is_one_short_error(tmp_path, monkeypatch):
+    checkpointer = Checkpointer(tmp_path, every=1)
+    checkpointer.save(_state(step=1))
+    checkpointer.save(_state(step=2))
+    _corrupt(tmp_path / "1")
+    tensorstore_like = "DATA_LOSS: Error decoding manifest [tensorstore_spec='" + "x" * 46_000 + "']\nmore detail"
+    real_restore = Checkpointer._restore
+
+    def restore(self, like, step):
+        if step == 2:  # as TensorStore reports a corrupt array file: its whole spec on the first line
+            raise ValueError(tensorstore_like)
+        return real_restore(self, like, step)
+
+    monkeypatch.setattr(Checkpointer, "_restore", restore)
+    with pytest.warns(RuntimeWarning, match="2 could not be read"), pytest.raises(CorruptCheckpointError) as caught:
+        Checkpointer(tmp_path, every=1).restore(_state())
+    message = str(caught.value)
+    assert message.startswith(f"None of the 2 checkpoints in {tmp_path} could be read (step 2: ValueError: DATA_LOSS")
+    assert "step 1: " in message and "tensorstore_spec" not in message and len(message) < 1000, message
+
+
+def test_a_checkpoint_is_chosen_by_step(tmp_path):
+    checkpointer = Checkpointer(tmp_path, every=1, keep=5)
+    for step in (1, 2, 3):
+        checkpointer.save(_state(step=step), record={"step": step})
+    state, record = checkpointer.restore(_state(), step=2)
+    assert int(state.step) == 2 and record == {"step": 2}
+    state, record = checkpointer.resume(_state(), step=1)
+    assert int(state.step) == 1 and record == {"step": 1}
+    with pytest.raises(FileNotFoundError, match=r"No checkpoint at step=7 in .*; the steps there are \[1, 2, 3\]"):
+        checkpointer.restore(_state(), step=7)
+    _corrupt(tmp_path / "2")
+    with pytest.raises(CorruptCheckpointError, match=r"The checkpoint chosen with step=2 \(.*2\) could not be read"):
+        checkpointer.restore(_state(), step=2)  # a chosen step does not fall back
+
+
+def test_interrupted_save_is_never_the_newest_checkpoint(tmp_path):
+    checkpointer = Checkpointer(tmp_path, every=1)
+    checkpointer.save(_state(step=1))
+    checkpointer.save(_state(step=2))
+    # What orbax leaves when a save is interrupted (KeyboardInterrupt) before its final rename:
+    # the complete-looking folder under its temporary name (checked with orbax-checkpoint 0.12).
+    shutil.copytree(tmp_path / "2", tmp_path / f"3{TMP_SUFFIX}")
+    shutil.copytree(tmp_path / "2", tmp_path / f"5{TMP_SUFFIX}")
+    reader = Checkpointer(tmp_path, every=1)
+    assert reader.steps() == [1, 2]
+    assert int(reader.restore(_state())[0].step) == 2
+    reader.save(_state(step=3))
+    assert reader.steps() == [1, 2, 3] and sorted(p.name for p in tmp_path.iterdir()) == ["1", "2", "3"]

@@ -90,3 +90,32 @@ def test_init_state_validates_the_tasks_episodes():
         TypeError, match="learner must conform to metajax.learner.MetaObjective .* lacks adapted_params"
     ):
         metajax.init_state(object(), tasks.Sinusoid(), optax.adam(1e-3), jax.random.key(0))
+
+
+def test_labels_of_another_shape_and_integer_inputs_are_refused():
+    # [5] targets against [5, 1] predictions would broadcast to a [5, 5] difference: refused instead.
+    with pytest.raises(ValueError, match=r"mse needs predictions and targets of one shape, got \(5, 1\) and \(5,\)"):
+        losses.mse(jnp.zeros((5, 1)), jnp.zeros((5,)))
+    with pytest.raises(ValueError, match=r"cross_entropy needs logits \[examples, ways\] for labels \[examples\]"):
+        losses.cross_entropy(jnp.zeros((5, 3)), jnp.zeros((5, 1), jnp.int32))
+    learner = metajax.MAML(models.MLP(hidden=(8,), out=1))
+    floats = one_task(tasks.Sinusoid(shots=5))
+    params = learner.init(jax.random.key(0), floats)
+    pixels = floats.replace(query_x=jnp.zeros((10, 1), jnp.int32))  # flax would promote them silently
+    with pytest.raises(TypeError, match=r"the model's inputs x .* must be floating point, got dtype int32 \(10, 1\)"):
+        learner.loss(params, pixels, jax.random.key(1))
+
+
+def test_episodes_are_validated_once_outside_jit(monkeypatch):
+    seen = []
+
+    def spy(episode, **kwargs):
+        seen.append(all(not isinstance(a, jax.core.Tracer) for a in jax.tree.leaves(episode)))
+
+    learner, task = metajax.MAML(models.MLP(hidden=(8,), out=1)), tasks.Sinusoid(shots=5)
+    monkeypatch.setattr(metajax.training, "validate_episode", spy)
+    state = metajax.init_state(learner, task, optax.adam(1e-3), jax.random.key(0))
+    assert seen == [True]
+    monkeypatch.setattr(metajax.evaluation, "validate_episode", spy)
+    metajax.evaluate(learner, state.params, task, key=jax.random.key(1), num_tasks=4, num_steps=1, batch_size=2)
+    assert seen == [True, True]

@@ -20,7 +20,7 @@ from metajax.algorithms import (
 from metajax.episode import Episode, StreamBatch, validate_episode
 from metajax.evaluation import confidence_interval, evaluate
 from metajax.learner import Learner, MetaObjective, OnlineLearner
-from metajax.training import TrainState, init_state, make_train_step, meta_step, train
+from metajax.training import Divergence, DivergenceError, TrainState, init_state, make_train_step, meta_step, train
 
 __version__ = "0.1.0"
 
@@ -42,6 +42,8 @@ __all__ = [
     "FEAT",
     "MAML",
     "SNAIL",
+    "Divergence",
+    "DivergenceError",
     "Episode",
     "FirstOrder",
     "Implicit",

@@ -2,14 +2,18 @@
 
 A checkpoint holds everything the next meta-step depends on (meta-parameters, optimizer
 state, PRNG key, step) plus a small JSON record (the run's config). orbax writes each
-checkpoint to a temporary folder and renames it when complete, so a run killed at any
-moment leaves the previous checkpoints intact; the newest ``keep`` are kept.
+checkpoint to a temporary folder (``<step>.orbax-checkpoint-tmp``) and renames it when
+complete, so a run killed at any moment, or interrupted during a save, leaves the previous
+checkpoints intact and no half-written step among :meth:`Checkpointer.steps`; the next
+save removes such leftovers. The newest ``keep`` are kept. A checkpoint that cannot be read
+(a corrupt array file or record) is skipped, with a warning, for the next older one.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import warnings
 from pathlib import Path
 from typing import Any
@@ -23,6 +27,14 @@ from metajax._checks import check_positive_int
 
 class CheckpointMismatchError(ValueError):
     """A checkpoint does not fit what is restored: other array shapes or structure, or another configuration."""
+
+
+class CorruptCheckpointError(RuntimeError):
+    """No checkpoint asked for could be read (truncated or corrupt files); the message gives each one's cause."""
+
+
+# orbax's name for a step being written (``orbax.checkpoint`` ``TMP_DIR_SUFFIX``).
+_TMP_SUFFIX = ".orbax-checkpoint-tmp"
 
 
 class Checkpointer:
@@ -50,10 +62,11 @@ class Checkpointer:
         options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=False)
         handlers = {"state": ocp.StandardCheckpointHandler(), "record": ocp.JsonCheckpointHandler()}
         self._manager = ocp.CheckpointManager(self.directory, options=options, item_handlers=handlers)
-        self._last_saved = self.latest_step()
+        self._written: set[int] = set()  # steps this Checkpointer saved
+        self._last: int | None = None  # the step maybe_save counts crossings from
 
     def steps(self) -> list[int]:
-        """Steps of the complete checkpoints on disk, oldest first."""
+        """Steps of the complete checkpoints on disk, oldest first (a save in progress is not one)."""
         self._manager.reload()
         return sorted(self._manager.all_steps())
 
@@ -63,92 +76,140 @@ class Checkpointer:
         return steps[-1] if steps else None
 
     def maybe_save(self, state: Any, record: dict | None = None) -> bool:
-        """Save when ``state.step`` crossed a multiple of ``every`` since the last save."""
+        """Save when ``state.step`` crossed a multiple of ``every`` since the last save (or older checkpoint)."""
         step = int(state.step)
-        last = 0 if self._last_saved is None else self._last_saved
-        if step // self.every > last // self.every and step != last:
+        if self._last is None or self._last > step:
+            self._last = max((s for s in self.steps() if s < step), default=0)
+        if step // self.every > self._last // self.every:
             self.save(state, record)
             return True
         return False
 
     def save(self, state: Any, record: dict | None = None) -> None:
-        """Write ``state`` (any pytree with an integer ``step``) and a JSON ``record`` now."""
+        """Write ``state`` (any pytree with an integer ``step``) and a JSON ``record`` now.
+
+        A checkpoint of the same step left by an earlier run (one a resumed run went past,
+        say because it was corrupt) is replaced; one this Checkpointer wrote is kept.
+        """
         step = int(state.step)
-        if step == self._last_saved:
+        if step in self._written:
             return
+        if not self._written:  # the first save: remove what an interrupted save left behind
+            for leftover in self.directory.glob(f"*{_TMP_SUFFIX}*"):
+                shutil.rmtree(leftover, ignore_errors=True)
+        if step in self.steps():
+            self._manager.delete(step)
         args = ocp.args.Composite(state=ocp.args.StandardSave(state), record=ocp.args.JsonSave(record or {}))
         self._manager.save(step, args=args, force=True)
         self._manager.wait_until_finished()
-        self._last_saved = step
+        self._written.add(step)
+        self._last = step
 
     def restore(self, like: Any, step: int | None = None) -> tuple[Any, dict]:
         """The state at ``step`` (default: the newest that reads back), shaped like ``like``, and its record.
 
-        A newest checkpoint that cannot be read (a truncated or corrupt file) is reported
-        with a warning and the next older one is used; the corrupt one is left on disk.
+        A checkpoint that cannot be read (a truncated or corrupt array file or record) is
+        reported with a warning and the next older one is used; the corrupt one is left on
+        disk (the next save of its step replaces it).
 
         Raises:
-            FileNotFoundError: no checkpoint in ``directory``.
+            FileNotFoundError: no checkpoint in ``directory``, or none at ``step`` (the
+                message lists the steps there are).
             CheckpointMismatchError: the checkpoint's arrays do not fit ``like`` (another model).
+            CorruptCheckpointError: no checkpoint (or the one at ``step``) could be read.
         """
-        candidates = [step] if step is not None else self.steps()[::-1]
-        if not candidates:
-            raise FileNotFoundError(f"No checkpoint in {self.directory} to resume from.")
-        errors = []
-        for s in candidates:
-            try:
-                state, record = self._restore(like, s)
-            except CheckpointMismatchError:
-                raise
-            except Exception as error:  # noqa: BLE001 - any read failure means try the older one
-                errors.append(f"step {s}: {type(error).__name__}: {error}")
-                if step is None:
-                    warnings.warn(
-                        f"Checkpoint {self.directory / str(s)} could not be read ({error}); trying an older one.",
-                        RuntimeWarning,
-                        stacklevel=2,
-                    )
-                continue
-            return state, record
-        raise RuntimeError(f"No checkpoint in {self.directory} could be read:\n" + "\n".join(errors))
+        return self._first_readable(like, step)
 
-    def resume(self, like: Any, record: dict | None = None, ignore: tuple[str, ...] = ()) -> tuple[Any, dict | None]:
-        """The newest readable checkpoint and its record, or ``(like, None)`` when there is none.
+    def resume(
+        self, like: Any, record: dict | None = None, ignore: tuple[str, ...] = (), step: int | None = None
+    ) -> tuple[Any, dict | None]:
+        """The newest readable checkpoint (or the one at ``step``) and its record; ``(like, None)`` when there is none.
 
         With ``record`` (the configuration of the run about to continue), a checkpoint saved
         with another configuration is refused: every setting outside ``ignore`` must be equal.
 
         Raises:
+            FileNotFoundError: no checkpoint at ``step`` (the message lists the steps there are).
             CheckpointMismatchError: the checkpoint's record or arrays differ from ``record`` / ``like``.
-            RuntimeError: no checkpoint could be read.
+            CorruptCheckpointError: no checkpoint could be read.
         """
-        latest = self.latest_step()
-        if latest is None:
+        if step is None and not self.steps():
             return like, None
-        if record is not None:
-            differ = differing_settings(self.record(latest), json.loads(json.dumps(record)), ignore)
-            if differ:
-                raise CheckpointMismatchError(
-                    f"{self.directory} holds checkpoints of another configuration "
-                    f"(setting: (checkpoint's, now) = {differ})."
-                )
-        return self.restore(like)
+        return self._first_readable(like, step, record, ignore)
 
-    def _restore(self, like: Any, step: int) -> tuple[Any, dict]:
+    def _first_readable(
+        self, like: Any, step: int | None, record: dict | None = None, ignore: tuple[str, ...] = ()
+    ) -> tuple[Any, dict]:
+        """:meth:`restore` of ``step`` or, when ``None``, of the newest checkpoint that reads back."""
+        available = self.steps()
+        if step is not None and step not in available:
+            raise FileNotFoundError(
+                f"No checkpoint at step={step!r} in {self.directory}; the steps there are {available or 'none'}."
+            )
+        candidates = [step] if step is not None else available[::-1]
+        if not candidates:
+            raise FileNotFoundError(f"No checkpoint in {self.directory} to resume from.")
+        causes = []
+        for i, s in enumerate(candidates):
+            try:
+                saved = self._read_record(s)
+            except Exception as error:  # noqa: BLE001 - orbax and json raise many kinds
+                cause = f"its record: {_cause(error)}"
+            else:
+                if record is not None:
+                    _refuse_other_settings(self.directory, saved, record, ignore)
+                try:
+                    return self._restore(like, s), saved
+                except CheckpointMismatchError:
+                    raise
+                except Exception as error:  # noqa: BLE001 - any read failure means try the older one
+                    cause = _cause(error)
+            causes.append(f"step {s}: {cause}")
+            if i + 1 < len(candidates):
+                warnings.warn(
+                    f"Checkpoint {self.directory / str(s)} could not be read ({cause}); trying an older one.",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
+        if step is not None:
+            raise CorruptCheckpointError(
+                f"The checkpoint chosen with step={step} ({self.directory / str(step)}) could not be read "
+                f"({causes[0]}); the steps there are {available}."
+            )
+        raise CorruptCheckpointError(
+            f"None of the {len(candidates)} checkpoints in {self.directory} could be read ("
+            + "; ".join(causes)
+            + "). Delete the directory to start afresh, or restore it from a copy."
+        )
+
+    def _restore(self, like: Any, step: int) -> Any:
+        """The state of checkpoint ``step``, after checking its arrays against ``like``'s."""
         expected = jax.tree_util.tree_flatten_with_path(like)[0]
         metadata = self._manager.item_metadata(step)["state"]
         found = jax.tree_util.tree_flatten_with_path(metadata)[0]
         _check_same_arrays(expected, found, self.directory / str(step))
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
-        restored = self._manager.restore(
-            step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract), record=ocp.args.JsonRestore())
-        )
-        return restored["state"], dict(restored["record"] or {})
+        restored = self._manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))
+        return restored["state"]
 
     def record(self, step: int) -> dict:
-        """The JSON record saved with the checkpoint at ``step`` (the run's config)."""
-        restored = self._manager.restore(step, args=ocp.args.Composite(record=ocp.args.JsonRestore()))
-        return dict(restored["record"] or {})
+        """The JSON record saved with the checkpoint at ``step`` (the run's config).
+
+        Raises:
+            CorruptCheckpointError: the record does not read back as a JSON object.
+        """
+        try:
+            return self._read_record(step)
+        except Exception as error:  # noqa: BLE001 - orbax and json raise many kinds
+            raise CorruptCheckpointError(
+                f"The record of checkpoint {self.directory / str(step)} could not be read ({_cause(error)})."
+            ) from error
+
+    def _read_record(self, step: int) -> dict:
+        saved = self._manager.restore(step, args=ocp.args.Composite(record=ocp.args.JsonRestore()))["record"]
+        if not isinstance(saved, dict | None):
+            raise ValueError(f"a JSON object was expected, got {type(saved).__name__}")
+        return dict(saved or {})
 
     def wait(self) -> None:
         """Block until pending writes are on disk."""
@@ -171,6 +232,21 @@ def differing_settings(earlier: dict, now: dict, ignore: tuple[str, ...] = ()) -
     """
     keys = sorted((earlier.keys() | now.keys()) - set(ignore))
     return {k: (earlier.get(k), now.get(k)) for k in keys if earlier.get(k) != now.get(k)}
+
+
+def _refuse_other_settings(directory: Path, saved: dict, record: dict, ignore: tuple[str, ...]) -> None:
+    differ = differing_settings(saved, json.loads(json.dumps(record)), ignore)
+    if differ:
+        raise CheckpointMismatchError(
+            f"{directory} holds checkpoints of another configuration (setting: (checkpoint's, now) = {differ})."
+        )
+
+
+def _cause(error: BaseException) -> str:
+    """``"Type: first line"`` of ``error``, without TensorStore's spec dump and at most 300 characters."""
+    lines = str(error).strip().splitlines()
+    first = lines[0].split(" [tensorstore_spec=")[0] if lines else ""
+    return f"{type(error).__name__}: {first[:300]}{'...' if len(first) > 300 else ''}"
 
 
 def _key_name(key) -> str:

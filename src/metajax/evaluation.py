@@ -54,6 +54,12 @@ def evaluate(
     check_positive_int("batch_size", batch_size)
     check_conforms(learner, Learner)
     validate_episode(jax.eval_shape(lambda k: task.sample(k, 2), key), batched=True, name="the task's episodes")
+    learner_ways, task_ways = getattr(learner, "ways", None), getattr(task, "ways", None)
+    if isinstance(learner_ways, int) and isinstance(task_ways, int) and task_ways > learner_ways:
+        raise ValueError(
+            f"learner ways={learner_ways} cannot classify the task's labels 0..{task_ways - 1} "
+            f"(task ways={task_ways}); build the test learner with the test task's ways."
+        )
     task_batching = resolve_task_batching(learner, task, task_batching)
     if num_steps is not None:
         check_positive_int("num_steps", num_steps, allow_zero=True)

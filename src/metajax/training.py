@@ -7,6 +7,7 @@ learner. The same step runs on one device or with the tasks sharded over a mesh.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import time
 from collections.abc import Callable
@@ -20,7 +21,7 @@ from flax import struct
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from metajax._checks import check_choice, check_positive_int
+from metajax._checks import check_choice, check_positive, check_positive_int
 from metajax._tree import is_array, partition
 from metajax.distributed import TASK_AXIS, replicate
 from metajax.episode import Episode, validate_episode
@@ -31,6 +32,68 @@ if TYPE_CHECKING:  # orbax is imported only by runs that checkpoint
     from metajax.checkpoint import Checkpointer
 
 TASK_BATCHING = ("vmap", "map")
+_ADVICE = "Lower the inner or outer learning rate, or clip gradients (optax.clip_by_global_norm)."
+
+
+class DivergenceError(FloatingPointError):
+    """Meta-training diverged at ``step``: a non-finite loss or state, or a loss above the :class:`Divergence` bound.
+
+    Nothing from the diverged dispatch is checkpointed: the newest checkpoint is the last
+    finite state.
+
+    Attributes:
+        step: the first meta-step (1-based count) whose loss or state failed the check.
+        loss: that meta-step's loss.
+        rule: which check failed, in words (``"non-finite loss"``, ``"non-finite state"`` or
+            the :class:`Divergence` bound).
+    """
+
+    def __init__(self, message: str, *, step: int, loss: float, rule: str):
+        super().__init__(message)
+        self.step, self.loss, self.rule = step, loss, rule
+
+
+@dataclasses.dataclass(frozen=True)
+class Divergence:
+    """The rule by which :func:`train` stops a run whose loss blew up while staying finite.
+
+    Once ``warmup`` history entries are logged, a meta-step whose loss exceeds ``factor``
+    times the median of the logged losses so far (each entry's mean over its interval) raises
+    :class:`DivergenceError`. The median moves only when an entry is logged, so the check
+    costs nothing per step; it applies only while the median is positive (MSE,
+    cross-entropy), not to objectives that may be negative.
+
+    Attributes:
+        factor: how many times the median a loss may reach, > 1.
+        warmup: history entries logged before the rule applies, >= 1.
+
+    Example:
+        >>> Divergence(factor=100.0).threshold([0.5, 0.3, 0.4])
+        40.0
+    """
+
+    factor: float = 1e3
+    warmup: int = 2
+
+    def __post_init__(self):
+        check_positive("factor", self.factor)
+        if not self.factor > 1:
+            raise ValueError(f"factor must be above 1 (a multiple of the median loss), got {self.factor!r}.")
+        check_positive_int("warmup", self.warmup)
+
+    def threshold(self, logged: list[float]) -> float:
+        """The bound on the next losses given the ``logged`` ones: ``factor * median``, or ``inf`` if none."""
+        median = float(np.median(logged)) if len(logged) >= self.warmup else 0.0
+        return self.factor * median if median > 0 else float("inf")
+
+
+def resolve_divergence(divergence: Divergence | float | None) -> Divergence | None:
+    """``divergence`` as a :class:`Divergence` (a number is its ``factor``), or ``None`` (no rule)."""
+    if divergence is None or isinstance(divergence, Divergence):
+        return divergence
+    if isinstance(divergence, bool) or not isinstance(divergence, int | float):
+        raise TypeError(f"divergence must be a metajax.training.Divergence, a factor or None, got {divergence!r}.")
+    return Divergence(factor=float(divergence))
 
 
 class TrainState(struct.PyTreeNode):
@@ -248,7 +311,10 @@ def make_train_step(
     The steps are a ``lax.scan``, so tiny problems (sinusoid) are not bound by Python
     dispatch. The input state's buffers are donated; a task's arrays (a dataset) are
     passed as arguments, not embedded in the program. Metrics come back stacked:
-    ``[steps_per_call]`` per metric. ``task_batching=None`` is resolved per backend by
+    ``[steps_per_call]`` per metric, with ``state_finite`` (bool): whether the parameters
+    and optimizer state after each step are all finite, one fused reduction on the device
+    that :func:`train` reads with the losses, so no non-finite state reaches a checkpoint.
+    ``task_batching=None`` is resolved per backend by
     :func:`resolve_task_batching`. With a ``mesh`` (see :mod:`metajax.distributed`), the
     tasks are sharded over its ``axis_name`` and the state comes back replicated.
     """
@@ -290,9 +356,20 @@ def _program(rebuild_task, learner, optimizer, meta_batch, steps_per_call, task_
         one = meta_step(
             learner, rebuild_task(task_arrays), optimizer, meta_batch, task_batching, mesh=mesh, axis_name=axis_name
         )
-        return jax.lax.scan(lambda s, _: one(s), state, None, length=steps_per_call)
+
+        def body(s, _):
+            s, metrics = one(s)
+            return s, {**metrics, "state_finite": all_finite((s.params, s.opt_state))}
+
+        return jax.lax.scan(body, state, None, length=steps_per_call)
 
     return many
+
+
+def all_finite(tree: Any) -> jax.Array:
+    """A bool scalar: every floating-point value in ``tree`` is finite (integer leaves, keys and steps, are skipped)."""
+    flags = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]
+    return jnp.all(jnp.stack(flags)) if flags else jnp.bool_(True)
 
 
 def train(
@@ -313,6 +390,7 @@ def train(
     max_seconds: float | None = None,
     checkpointer: Checkpointer | None = None,
     checkpoint_record: dict | None = None,
+    divergence: Divergence | float | None = Divergence(),
 ) -> tuple[TrainState, list[dict]]:
     """Meta-train ``learner`` on ``task`` for ``num_steps`` meta-steps.
 
@@ -336,21 +414,29 @@ def train(
         max_seconds: stop at the first dispatch that ends after this much wall time (a
             time budget); the returned state's ``step`` says how far it got.
         checkpointer: saves the state every ``checkpointer.every`` meta-steps (dispatches
-            end on those steps), at the end, and on ``KeyboardInterrupt``; resuming from
-            one of its checkpoints gives the same parameters as an uninterrupted run.
+            end on those steps) and at the end; resuming from one of its checkpoints gives
+            the same parameters as an uninterrupted run. Only states whose parameters and
+            optimizer state are finite are saved. On ``KeyboardInterrupt`` the current
+            state is saved if it is complete and finite (else the last checkpoint stands)
+            and the interrupt is re-raised.
         checkpoint_record: JSON-able record stored with each checkpoint (the run's config).
+        divergence: the :class:`Divergence` rule for a finite blow-up (a number is its
+            ``factor``; default: 1000 x the median logged loss after 2 entries), or ``None``.
+            Non-finite losses and states always stop the run.
 
     Returns:
         ``(state, history)``; each history entry holds ``step``, the mean of every metric
         over the interval, ``tasks_per_s`` and ``elapsed_s``.
 
     Raises:
-        FloatingPointError: the loss became non-finite; the message names the step.
+        DivergenceError: (a ``FloatingPointError``) the loss or the state became non-finite,
+            or the loss broke the ``divergence`` rule; the message names the meta-step.
     """
     check_positive_int("num_steps", num_steps)
     check_positive_int("log_every", log_every)
     if max_seconds is not None and not max_seconds > 0:
         raise ValueError(f"max_seconds must be positive or None, got {max_seconds}.")
+    rule = resolve_divergence(divergence)
     if state is None:
         state = init_state(learner, task, optimizer, key)
     if mesh is not None:
@@ -358,7 +444,8 @@ def train(
     task_batching = resolve_task_batching(learner, task, task_batching)
     step_fns: dict[int, Callable] = {}
     history: list[dict] = []
-    done = int(state.step)
+    done = start = int(state.step)
+    threshold = float("inf")  # the divergence bound, updated when an entry is logged
     bar = _progress_bar(num_steps, done) if progress else None
     window: list[dict] = []
     window_start, t_start = time.perf_counter(), time.perf_counter()
@@ -371,8 +458,8 @@ def train(
             if n not in step_fns:
                 step_fns[n] = make_train_step(learner, task, optimizer, meta_batch, n, task_batching, mesh=mesh)
             state, metrics = step_fns[n](state)
-            metrics = jax.device_get(metrics)
-            _check_finite(metrics["loss"], done)
+            metrics = jax.device_get(metrics)  # the one host sync per dispatch
+            _check_divergence(metrics.pop("state_finite"), metrics["loss"], done, threshold, rule, state)
             done += n
             window.append(metrics)
             if bar is not None:
@@ -386,6 +473,8 @@ def train(
                 entry["tasks_per_s"] = steps_in_window * meta_batch / max(now - window_start, 1e-9)
                 entry["elapsed_s"] = now - t_start
                 history.append(entry)
+                if rule is not None:
+                    threshold = rule.threshold([e["loss"] for e in history])
                 if bar is not None:
                     bar.set_postfix(loss=f"{entry['loss']:.4g}", tasks_per_s=f"{entry['tasks_per_s']:.0f}")
                 if on_log is not None:
@@ -397,25 +486,81 @@ def train(
             if out_of_time:
                 break
     except KeyboardInterrupt:
-        if checkpointer is not None:
+        if checkpointer is not None and _intact_and_finite(state):
             checkpointer.save(state, checkpoint_record)
         raise
     finally:
         if bar is not None:
             bar.close()
-    if checkpointer is not None:
+    if checkpointer is not None and done > start:
         checkpointer.save(state, checkpoint_record)
     return state, history
 
 
-def _check_finite(losses: np.ndarray, first_step: int) -> None:
-    bad = np.flatnonzero(~np.isfinite(losses))
-    if bad.size:
-        step = first_step + int(bad[0]) + 1
-        raise FloatingPointError(
-            f"The meta-training loss became non-finite ({losses[bad[0]]}) at meta-step {step}. "
-            "Lower the inner or outer learning rate, or clip gradients (optax.clip_by_global_norm)."
+def _check_divergence(
+    state_finite: np.ndarray, losses: np.ndarray, first_step: int, threshold: float, rule, state: TrainState
+) -> None:
+    """Raise :class:`DivergenceError` at the first of a dispatch's meta-steps whose loss or state fails a check.
+
+    Args:
+        state_finite: ``[n]`` bool, the state after each step is finite.
+        losses: ``[n]`` the steps' losses.
+        first_step: meta-steps done before the dispatch.
+        threshold: the :class:`Divergence` bound on the losses (``inf``: none).
+        rule: the :class:`Divergence` in force, or ``None``.
+        state: the state after the dispatch, to name a non-finite leaf.
+    """
+    bad_loss, bad_state = ~np.isfinite(losses), ~state_finite
+    too_big = np.isfinite(losses) & (losses > threshold)
+    failed = np.flatnonzero(bad_loss | bad_state | too_big)
+    if not failed.size:
+        return
+    i = int(failed[0])
+    step, loss = first_step + i + 1, float(losses[i])
+    if bad_loss[i]:
+        raise DivergenceError(
+            f"The meta-training loss became non-finite ({loss}) at meta-step {step}. {_ADVICE}",
+            step=step,
+            loss=loss,
+            rule="non-finite loss",
         )
+    if bad_state[i]:
+        raise DivergenceError(
+            f"The meta-parameters or optimizer state became non-finite at meta-step {step} "
+            f"({_first_non_finite(state)}) while the loss was {loss:.4g}; it was not checkpointed. {_ADVICE}",
+            step=step,
+            loss=loss,
+            rule="non-finite state",
+        )
+    described = f"loss > {rule.factor:g} x the median logged loss"
+    raise DivergenceError(
+        f"The meta-training loss diverged at meta-step {step}: {loss:.4g} exceeds {threshold:.4g}, "
+        f"{rule.factor:g} x the median of the losses logged so far ({rule}). {_ADVICE} "
+        "Pass divergence=None to train without this rule.",
+        step=step,
+        loss=loss,
+        rule=described,
+    )
+
+
+def _first_non_finite(state: TrainState) -> str:
+    """``"<path> holds inf"`` for the first non-finite leaf of the params or optimizer state (error path)."""
+    for path, leaf in jax.tree_util.tree_flatten_with_path((state.params, state.opt_state))[0]:
+        values = np.asarray(leaf)
+        if np.issubdtype(values.dtype, np.inexact) and not np.isfinite(values).all():
+            where = ("params" if path[0].idx == 0 else "opt_state") + jax.tree_util.keystr(path[1:])
+            return f"{where} holds {values[~np.isfinite(values)].flat[0]}"
+    return "a leaf became non-finite within the dispatch"
+
+
+def _intact_and_finite(state: TrainState) -> bool:
+    """Whether ``state`` can be checkpointed: not donated to a dispatch that was interrupted, and finite."""
+    if any(getattr(leaf, "is_deleted", lambda: False)() for leaf in jax.tree.leaves(state)):
+        return False
+    return bool(_all_finite_jit((state.params, state.opt_state)))
+
+
+_all_finite_jit = jax.jit(all_finite)
 
 
 def _progress_bar(total: int, initial: int):

@@ -117,3 +117,18 @@ def test_meta_test_protocol_reports_one_value_per_metric():
     summary = metajax.evaluate(learner, params, Vectors(), key=jax.random.key(2), num_tasks=4, batch_size=2)
     assert summary["num_steps"] == 0
     assert len(summary["accuracy"]["mean"]) == 1 and len(summary["loss"]["ci95"]) == 1
+
+
+@pytest.mark.parametrize("learner", [ProtoNet(Flatten(), ways=3), metajax.MatchingNet(Flatten(), ways=3)])
+def test_labels_outside_ways_are_refused_where_known(learner):
+    episode = tiny_episode()
+    message = (
+        r"support_y must hold class labels in \[0, ways=3\), got labels from 0 to 3; check the learner's ways against"
+    )
+    with pytest.raises(ValueError, match=message):
+        learner.init(jax.random.key(0), episode.replace(support_y=episode.support_y.at[0].set(3)))
+    with pytest.raises(ValueError, match=r"query_y must hold class labels in \[0, ways=3\), got labels from -1 to"):
+        learner.init(jax.random.key(0), episode.replace(query_y=episode.query_y.at[0].set(-1)))
+    task = metajax.tasks.FewShot(jnp.zeros((6, 4, 2, 2, 1), jnp.uint8), ways=5, shots=1, queries=1)
+    with pytest.raises(ValueError, match=r"learner ways=3 cannot classify the task's labels 0..4 \(task ways=5\)"):
+        metajax.evaluate(learner, {}, task, key=jax.random.key(0), num_tasks=2)

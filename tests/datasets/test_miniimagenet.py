@@ -120,3 +120,24 @@ def test_benchmark_miniimagenet(tmp_path):
     assert episode.support_x.shape == (2, 6, 84, 84, 3) and episode.query_y.shape == (2, 12)
     with pytest.raises(ValueError, match="split must be one of 'ravi'; got 'vinyals'"):
         benchmark("miniimagenet", ways=3, shots=2, queries=4, root=tmp_path, split="vinyals")
+
+
+@pytest.mark.parametrize("suffix", [".pkl", ".npz"])
+@pytest.mark.parametrize("damage", ["empty", "truncated"])
+def test_damaged_files_are_named(tmp_path, suffix, damage):
+    image_data, class_dict = _rows()
+    path = tmp_path / f"mini-imagenet-cache-train{suffix}"
+    if suffix == ".pkl":
+        _write_pickle(tmp_path, "train")
+    else:
+        labels = np.empty(len(image_data), dtype="<U3")
+        for name, rows in class_dict.items():
+            labels[rows] = name
+        np.savez(path, image_data=image_data, labels=labels)
+    path.write_bytes(b"" if damage == "empty" else path.read_bytes()[: path.stat().st_size // 2])
+    expected = f"{path} is empty (0 bytes)" if damage == "empty" else f"{path} is truncated or corrupt ("
+    with pytest.raises(ValueError) as err:
+        load_miniimagenet("train", root=tmp_path)
+    assert str(err.value).startswith(expected), str(err.value)
+    if suffix == ".pkl":
+        assert "Delete it and get a fresh copy: miniImageNet" in str(err.value)

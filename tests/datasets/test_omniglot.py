@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import re
 import shutil
 import urllib.error
 import zipfile
@@ -246,3 +247,43 @@ def test_shared_copy_layout_accepted(data_root, tmp_path):
     assert omniglot_module._zip_file("evaluation", tmp_path, download=False, timeout=1.0) == (
         tmp_path / "images_evaluation.zip"
     )
+
+
+def test_empty_data_folder_names_the_zips_the_root_and_the_source(tmp_path):
+    with pytest.raises(FileNotFoundError) as err:
+        load_omniglot("background", root=tmp_path, cache_dir=tmp_path / "cache", download=False)
+    message = str(err.value)
+    for expected in (
+        "images_background.zip and images_evaluation.zip",
+        str(tmp_path / "omniglot"),
+        "$METAJAX_DATA",
+        "root= argument (--data-root of metajax train)",
+        "https://github.com/brendenlake/omniglot/raw/master/python/images_background.zip",
+    ):
+        assert expected in message
+
+
+@pytest.mark.parametrize("damage", ["empty", "truncated"])
+def test_damaged_cache_is_named_and_rebuilt(fake_root, tmp_path, damage):
+    cache_dir = tmp_path / "cache"
+    good = load_omniglot("background", root=fake_root, cache_dir=cache_dir)
+    cache = cache_dir / "omniglot" / "background_28px.npz"
+    cache.write_bytes(b"" if damage == "empty" else cache.read_bytes()[: cache.stat().st_size // 2])
+    expected = "is empty (0 bytes)" if damage == "empty" else "is truncated or corrupt (BadZipFile"
+    with pytest.warns(UserWarning, match=f"Ignoring unreadable cache: {re.escape(str(cache))} {re.escape(expected)}"):
+        data = load_omniglot("background", root=fake_root, cache_dir=cache_dir)
+    np.testing.assert_array_equal(data.images, good.images)
+    with np.load(cache) as rebuilt:  # written again, whole
+        np.testing.assert_array_equal(rebuilt["images"], good.images)
+    assert [p.name for p in cache.parent.iterdir()] == [cache.name]  # no temporary file left
+
+
+def test_damaged_cache_without_its_source_is_refused_with_the_path(tmp_path):
+    cache = tmp_path / "cache" / "omniglot" / "background_28px.npz"
+    cache.parent.mkdir(parents=True)
+    cache.write_bytes(b"")
+    with pytest.warns(UserWarning, match="Ignoring unreadable cache"), pytest.raises(FileNotFoundError) as err:
+        load_omniglot("background", root=tmp_path / "data", cache_dir=tmp_path / "cache", download=False)
+    message = str(err.value)
+    assert message.startswith(f"The cache {cache} is empty (0 bytes), and it cannot be rebuilt: Omniglot file")
+    assert f"Then delete {cache}; it is rebuilt on the next load." in message

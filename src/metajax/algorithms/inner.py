@@ -360,6 +360,11 @@ def _sgd_or(optimizer: optax.GradientTransformation | None, lr: float) -> optax.
 
 
 def apply_model(model: nn.Module, params: Params, x: jax.Array) -> jax.Array:
-    """``model.apply({"params": params}, x)``."""
+    """``model.apply({"params": params}, x)``; integer inputs ``x`` are refused (flax would promote them silently)."""
+    if not jnp.issubdtype(x.dtype, jnp.inexact):
+        raise TypeError(
+            f"the model's inputs x (an episode's support_x / query_x) must be floating point, got dtype {x.dtype} "
+            f"{tuple(x.shape)}; convert them, e.g. images as x.astype(jnp.float32) / 255."
+        )
     # flax types ``Module.apply`` as ``Any | tuple[Any, variables]``; the tuple comes only with ``mutable=``.
     return cast(jax.Array, model.apply({"params": params}, x))

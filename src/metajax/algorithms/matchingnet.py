@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 
 from metajax._checks import check_positive, check_positive_int
-from metajax.algorithms.protonet import check_support, flat_embedding, normalize
+from metajax.algorithms.protonet import check_labels, check_support, flat_embedding, normalize
 from metajax.episode import Episode
 from metajax.learner import Spec, adapts_nothing, evaluate_without_steps, register
 
@@ -120,6 +120,7 @@ class MatchingNet:
     def init(self, key: jax.Array, episode: Episode) -> dict:
         """``{"embed": ...}``, plus ``"support_context"`` and ``"query_context"`` with ``fce``."""
         check_support(self.ways, episode.support_x, episode.support_y)
+        check_labels(self.ways, episode.query_y, "query_y")
         k_embed, k_support, k_query = jax.random.split(key, 3)
         # A parameter-free embedding (a fixed feature map) has no "params" collection.
         params = {"embed": self.embed.init(k_embed, episode.support_x).get("params", {})}

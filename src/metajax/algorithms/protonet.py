@@ -8,6 +8,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from metajax import losses
 from metajax._checks import check_choice, check_positive, check_positive_int
@@ -21,12 +22,29 @@ DISTANCES = ("euclidean", "cosine")
 _NORM_EPS = 1e-8
 
 
-def check_support(ways: int, support_x: jax.Array, support_y: jax.Array) -> None:
-    """Raise unless ``support_y`` holds integer labels ``[examples]`` for at least ``ways`` examples.
+def check_labels(ways: int, labels: jax.Array, name: str) -> None:
+    """Raise ``ValueError`` if concrete integer ``labels`` fall outside ``[0, ways)``; traced labels pass.
 
-    Only the static facts (shapes, dtypes) are checked: this runs under ``jit`` and ``vmap``,
-    where the label values are not known. Labels must lie in ``[0, ways)``; a label outside
-    that range is one-hot encoded as all zeros and silently contributes to no class.
+    Under ``jit`` and ``vmap`` the values are unknown; ``init`` (called by ``init_state``
+    on a concrete episode, outside ``jit``) and eager calls are checked.
+    """
+    if isinstance(labels, jax.core.Tracer) or not jnp.issubdtype(labels.dtype, jnp.integer) or labels.size == 0:
+        return
+    values = np.asarray(labels)  # numpy: concrete labels closed over by a traced function stay concrete
+    low, high = int(values.min()), int(values.max())
+    if low < 0 or high >= ways:
+        raise ValueError(
+            f"{name} must hold class labels in [0, ways={ways}), got labels from {low} to {high}; "
+            "check the learner's ways against the task's ways."
+        )
+
+
+def check_support(ways: int, support_x: jax.Array, support_y: jax.Array) -> None:
+    """Raise unless ``support_y`` holds integer labels ``[examples]`` in ``[0, ways)`` for at least ``ways`` examples.
+
+    The static facts (shapes, dtypes) are always checked; the label values only where they
+    are concrete (:func:`check_labels`): under ``jit`` a label outside ``[0, ways)`` would be
+    one-hot encoded as all zeros and silently contribute to no class.
 
     Args:
         ways: number of classes the learner was configured for.
@@ -45,6 +63,7 @@ def check_support(ways: int, support_x: jax.Array, support_y: jax.Array) -> None
             f"ways={ways} needs at least one support example per class, but the support set has "
             f"{support_y.shape[0]} examples; check `ways` against the task's ways."
         )
+    check_labels(ways, support_y, "support_y")
 
 
 def flat_embedding(embed: nn.Module, params: Any, x: jax.Array) -> jax.Array:
@@ -132,6 +151,7 @@ class ProtoNet:
     def init(self, key: jax.Array, episode: Episode) -> Any:
         """The embedding's initial weights, shaped by one (unbatched) episode."""
         check_support(self.ways, episode.support_x, episode.support_y)
+        check_labels(self.ways, episode.query_y, "query_y")
         # A parameter-free embedding (a fixed feature map) has no "params" collection.
         return self.embed.init(key, episode.support_x).get("params", {})
 

@@ -5,11 +5,13 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import pickle
 import tempfile
 import urllib.error
 import urllib.request
 import warnings
 import zipfile
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO, NamedTuple
@@ -18,6 +20,8 @@ import numpy as np
 from PIL import Image
 
 _DEFAULT_ROOT = Path("~/.cache/metajax")
+# What reading a zero-byte, truncated or corrupt .npz / .pkl raises.
+UNREADABLE = (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error, pickle.UnpicklingError)
 
 
 class ImageClasses(NamedTuple):
@@ -130,29 +134,60 @@ def _write_atomic(path: Path, write: Callable[[BinaryIO], object]) -> None:
         raise
 
 
-def load_cache(path: Path) -> ImageClasses | None:
-    """Read a cache written by :func:`save_cache`; ``None`` when absent or unreadable (with a warning)."""
-    if not path.is_file():
-        return None
+def damaged(path: Path, err: BaseException) -> str:
+    """``"<path> is empty (0 bytes)"`` or ``"<path> is truncated or corrupt (<error>)"``, for messages."""
+    if path.is_file() and path.stat().st_size == 0:
+        return f"{path} is empty (0 bytes)"
+    return f"{path} is truncated or corrupt ({type(err).__name__}: {err})"
+
+
+def load_cache(path: Path) -> ImageClasses:
+    """Read a cache written by :func:`save_cache`.
+
+    Raises:
+        FileNotFoundError: there is no cache at ``path``.
+        ValueError: the cache is empty, truncated or corrupt (the message names it).
+    """
     try:
-        with np.load(path, allow_pickle=False) as data:
-            return ImageClasses(data["images"], tuple(str(n) for n in data["names"]))
-    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as err:
-        warnings.warn(f"Ignoring unreadable cache {path} ({err}); rebuilding it.", stacklevel=2)
-        return None
+        with open(path, "rb") as f, np.load(f, allow_pickle=False) as data:  # closed even when np.load fails
+            images, names = data["images"], tuple(str(n) for n in data["names"])
+    except FileNotFoundError:
+        raise
+    except UNREADABLE as err:
+        raise ValueError(damaged(path, err)) from err
+    if images.dtype != np.uint8 or images.ndim != 5 or len(names) != images.shape[0]:
+        raise ValueError(f"{path} does not hold a cache: images {images.dtype} {images.shape}, {len(names)} names")
+    return ImageClasses(images, names)
 
 
 def save_cache(path: Path, data: ImageClasses) -> None:
-    """Store ``data`` as ``images`` and ``names`` in a compressed ``.npz`` (atomic)."""
+    """Store ``data`` as ``images`` and ``names`` in a compressed ``.npz`` (atomic: temporary file, fsync, rename)."""
     save_npz(path, images=data.images, names=np.asarray(data.names, dtype=np.str_))
 
 
 def cached(path: Path, build: Callable[[], ImageClasses]) -> ImageClasses:
-    """The cache at ``path`` if readable, else ``build()``, which is then written to ``path``."""
-    data = load_cache(path)
-    if data is None:
+    """The cache at ``path`` if readable, else ``build()``, which is then written to ``path``.
+
+    An empty, truncated or corrupt cache is named in a warning and rebuilt from its source;
+    when the source is missing too, the ``FileNotFoundError`` names the cache as well.
+    """
+    problem = None
+    try:
+        return load_cache(path)
+    except FileNotFoundError:
+        pass
+    except ValueError as err:
+        problem = str(err)
+        warnings.warn(f"Ignoring unreadable cache: {problem}; rebuilding it.", stacklevel=2)
+    try:
         data = build()
-        save_cache(path, data)
+    except FileNotFoundError as err:
+        if problem is None:
+            raise
+        raise FileNotFoundError(
+            f"The cache {problem}, and it cannot be rebuilt: {err} Then delete {path}; it is rebuilt on the next load."
+        ) from err
+    save_cache(path, data)
     return data
 
 

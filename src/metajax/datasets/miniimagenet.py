@@ -28,7 +28,16 @@ import numpy as np
 from PIL import Image
 
 from metajax._checks import check_choice, check_positive_int
-from metajax.datasets._files import ImageClasses, cache_root, cached, data_root, decode_image, find_file
+from metajax.datasets._files import (
+    UNREADABLE,
+    ImageClasses,
+    cache_root,
+    cached,
+    damaged,
+    data_root,
+    decode_image,
+    find_file,
+)
 
 SPLITS = ("train", "val", "test")
 """Accepted values of ``split`` (64, 16 and 20 classes of 600 images in the Ravi split)."""
@@ -98,8 +107,13 @@ def load_miniimagenet(
 
 def _read_pickle(path: Path) -> ImageClasses:
     """Rows of ``image_data`` grouped by ``class_dict``."""
-    with open(path, "rb") as f:
-        content = pickle.load(f, encoding="latin1")
+    try:
+        with open(path, "rb") as f:
+            content = pickle.load(f, encoding="latin1")
+    except UNREADABLE as err:
+        raise ValueError(
+            f"{damaged(path, err)}. Delete it and get a fresh copy: {_WHERE.format(split='<split>')}."
+        ) from err
     if not (isinstance(content, dict) and {"image_data", "class_dict"} <= content.keys()):
         found = sorted(content) if isinstance(content, dict) else type(content).__name__
         raise ValueError(f"{path} must hold a dict with keys 'image_data' and 'class_dict', got {found}.")
@@ -108,10 +122,15 @@ def _read_pickle(path: Path) -> ImageClasses:
 
 def _read_npz(path: Path) -> ImageClasses:
     """Rows of ``image_data`` grouped by ``labels``."""
-    with np.load(path, allow_pickle=False) as content:
-        if not {"image_data", "labels"} <= set(content.files):
-            raise ValueError(f"{path} must hold arrays 'image_data' and 'labels', got {sorted(content.files)}.")
-        image_data, labels = content["image_data"], content["labels"]
+    try:
+        with open(path, "rb") as f, np.load(f, allow_pickle=False) as content:  # closed even when np.load fails
+            files = sorted(content.files)
+            arrays = (content["image_data"], content["labels"]) if {"image_data", "labels"} <= set(files) else None
+    except UNREADABLE as err:
+        raise ValueError(f"{damaged(path, err)}. Delete it and write it again from a good copy.") from err
+    if arrays is None:
+        raise ValueError(f"{path} must hold arrays 'image_data' and 'labels', got {files}.")
+    image_data, labels = arrays
     if labels.shape != image_data.shape[:1]:
         raise ValueError(
             f"{path}: 'labels' must have shape [N] = {image_data.shape[:1]} like 'image_data', got {labels.shape}."

@@ -145,9 +145,10 @@ def _zip_file(part: str, root: Path, download: bool, timeout: float) -> Path:
     fetched = path is None
     if path is None:
         missing = (
-            f"Omniglot file {name} not found in {folders[0]} or {folders[1]}. Put the official {name} "
-            f"(Lake et al. 2015) in one of them, or pass root= / set $METAJAX_DATA to the folder "
-            f"holding it; get it from {url}."
+            f"Omniglot file {name} not found in {folders[0]} or {folders[1]}. Omniglot needs the official "
+            f"zips images_background.zip and images_evaluation.zip (Lake et al. 2015) in one of them; or point "
+            f"to the folder holding them with the root= argument (--data-root of metajax train) or "
+            f"$METAJAX_DATA. Get {name} from {url}."
         )
         if not download:
             raise FileNotFoundError(missing + " (download=False, so it was not fetched.)")
