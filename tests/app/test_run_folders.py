@@ -126,3 +126,32 @@ def test_continual_keeps_a_finished_run_unless_overwritten(tmp_path, capsys):
     assert _snapshot(out) == before
     assert cli.main([*argv[:-3], "ewc", "--out", str(out), "--overwrite"]) == 0
     assert list(json.loads((out / "metrics.json").read_text())["learners"]) == ["ewc"]
+
+
+def test_step_picks_the_checkpoint_to_resume_or_evaluate(tmp_path, capsys):
+    run = tmp_path / "run"  # its own run: the module's shared one has a torn log line by now
+    assert train(run) == 0
+    assert Checkpointer(run / "checkpoints", every=1).steps() == [1, 2]
+    assert cli.main(["eval", str(run), "--eval-tasks", "2", "--step", "1"]) == 0
+    assert json.loads((run / "eval.json").read_text())["checkpoint_step"] == 1
+    with pytest.raises(SystemExit):
+        cli.main(["eval", str(run), "--eval-tasks", "2", "--step", "7"])
+    assert "--step 7: no checkpoint at that step" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        train(tmp_path / "lone", "--step", "1")
+    assert "--step 1 picks the checkpoint --resume continues from" in capsys.readouterr().err
+    # From step 1 to the run's 2 steps again: the same parameters, so the same evaluation.
+    assert train(tmp_path / "again", "--resume", str(run), "--step", "1") == 0
+    assert "resuming" in capsys.readouterr().err
+    again = json.loads((tmp_path / "again" / "metrics.json").read_text())["eval"]
+    assert again == json.loads((run / "metrics.json").read_text())["eval"]
+
+
+def test_eval_falls_back_past_a_corrupt_newest_record(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert train(out) == 0
+    (out / "checkpoints" / "2" / "record" / "metadata").write_text('{"seed": 0')  # a torn write
+    with pytest.warns(RuntimeWarning, match="could not be read .*trying an older one"):
+        assert cli.main(["eval", str(out), "--eval-tasks", "2"]) == 0
+    assert json.loads((out / "eval.json").read_text())["checkpoint_step"] == 1
+    assert "could not be read" in capsys.readouterr().err

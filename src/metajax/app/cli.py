@@ -111,6 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="continue the run whose --out was DIR from its newest checkpoint, with its settings (README)",
     )
+    t.add_argument(
+        "--step", type=int, default=None, help="with --resume: continue from the checkpoint of this meta-step"
+    )
     t.add_argument("--overwrite", action="store_true", help="replace the run already in --out (its files only)")
     t.add_argument("--tensorboard", action="store_true", help="also write TensorBoard events to OUT/tensorboard")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -123,6 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--eval-steps", type=int, default=None, help="inner steps (default: the run's)")
     e.add_argument("--data-root", type=Path, default=None, help="dataset folder (default: the run's, or $METAJAX_DATA)")
     e.add_argument("--seed", type=int, default=None, help="PRNG seed of the test tasks (default: the run's)")
+    e.add_argument("--step", type=int, default=None, help="the checkpoint of this meta-step (default: the newest)")
     for command in sub.choices.values():  # --debug also after the command; SUPPRESS keeps the global one's value
         command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     return parser
@@ -191,6 +195,8 @@ def _check_args(args: argparse.Namespace) -> None:
     check_eval(args)
     if args.checkpoint_every is not None and args.checkpoint_every < 0:
         raise CommandError(f"--checkpoint-every must be non-negative, got {args.checkpoint_every}.")
+    if args.step is not None and args.resume is None:
+        raise CommandError(f"--step {args.step} picks the checkpoint --resume continues from; pass --resume too.")
     if args.resume is not None and not (args.resume / "checkpoints").is_dir():
         raise CommandError(f"--resume {args.resume} holds no checkpoints/ folder; pass the --out of an earlier run.")
     if args.time_limit is not None and not args.time_limit > 0:
@@ -373,10 +379,7 @@ def eval_command(args: argparse.Namespace) -> dict:
         raise CommandError(f"{args.run} holds no checkpoints/ folder; pass the --out of a metajax train run.")
     checkpointer = Checkpointer(checkpoints, every=1)
     try:
-        step = checkpointer.latest_step()
-        if step is None:
-            raise CommandError(f"no checkpoint in {checkpoints}.")
-        record = checkpointer.record(step)
+        record = _newest_record(checkpointer, args.step)
         train_args = build_parser().parse_args(["train", "--out", str(args.run)])
         for name, value in record.items():
             if hasattr(train_args, name):
@@ -389,7 +392,8 @@ def eval_command(args: argparse.Namespace) -> dict:
     finally:
         checkpointer.close()
     run = _prepare(train_args)
-    state, _ = _restore_newest(args.run, init_state(run.learner, run.train_task, run.optimizer, jax.random.key(0)))
+    like = init_state(run.learner, run.train_task, run.optimizer, jax.random.key(0))
+    state, _ = _restore_newest(args.run, like, args.step)
     seed = train_args.seed if args.seed is None else args.seed
     result = {
         "config": {**record, "eval_tasks": args.eval_tasks, "eval_steps": run.eval_steps, "seed": seed},
@@ -401,9 +405,27 @@ def eval_command(args: argparse.Namespace) -> dict:
     return result
 
 
-def _restore_newest(run_dir: Path, like):
-    """The newest readable checkpoint of the run ``run_dir``, shaped like ``like``, and its record."""
-    state, record = resume_or_exit(run_dir / "checkpoints", like, "")
+def _newest_record(checkpointer, step: int | None) -> dict:
+    """The record of checkpoint ``step`` or else of the newest checkpoint whose record reads back."""
+    steps = checkpointer.steps()
+    if not steps:
+        raise CommandError(f"no checkpoint in {checkpointer.directory}.")
+    if step is not None and step not in steps:
+        raise CommandError(f"--step {step}: no checkpoint at that step in {checkpointer.directory}; there are {steps}.")
+    candidates = [step] if step is not None else steps[::-1]
+    for i, candidate in enumerate(candidates):
+        try:
+            return checkpointer.record(candidate)
+        except RuntimeError as error:  # CorruptCheckpointError
+            if i == len(candidates) - 1:
+                raise CommandError(str(error)) from error
+            print(f"metajax: warning: {error} Trying the checkpoint before it.", file=sys.stderr)
+    raise AssertionError("unreachable")
+
+
+def _restore_newest(run_dir: Path, like, step: int | None = None):
+    """Checkpoint ``step`` (default: the newest readable) of the run ``run_dir``, like ``like``; and its record."""
+    state, record = resume_or_exit(run_dir / "checkpoints", like, "", step=step)
     if record is None:
         raise CommandError(f"no checkpoint in {run_dir / 'checkpoints'} to resume from.")
     return state, record
@@ -414,7 +436,7 @@ def _resume(args: argparse.Namespace, config: dict, like):
 
     A notice on stderr names the settings that changed (only :data:`RESUMABLE` ones may).
     """
-    state, record = _restore_newest(args.resume, like)
+    state, record = _restore_newest(args.resume, like, args.step)
     step = int(state.step)
     changed = refuse_other_settings(args.resume, record, config, allowed=RESUMABLE)
     if args.steps < step:

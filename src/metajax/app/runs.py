@@ -80,9 +80,9 @@ def claim(out: Path, overwrite: bool) -> None:
 def refuse_other_settings(run_dir: Path, earlier: dict, now: dict, allowed: tuple[str, ...]) -> dict:
     """``{setting: (earlier, now)}`` of the settings that changed since the run ``run_dir``; refused unless ``allowed``.
 
-    ``--resume`` and ``--overwrite`` are not settings and are left out.
+    ``--resume``, ``--step`` and ``--overwrite`` are not settings and are left out.
     """
-    differ = differing_settings(earlier, json.loads(json.dumps(now)), ignore=("resume", "overwrite"))
+    differ = differing_settings(earlier, json.loads(json.dumps(now)), ignore=("resume", "step", "overwrite"))
     refused = {k: v for k, v in differ.items() if k not in allowed}
     if refused:
         raise CommandError(
@@ -101,18 +101,24 @@ def require_tensorboard() -> None:
 
 
 def resume_or_exit(
-    directory: Path, like: Any, what: str, record: dict | None = None, ignore: tuple[str, ...] = ()
+    directory: Path,
+    like: Any,
+    what: str,
+    record: dict | None = None,
+    ignore: tuple[str, ...] = (),
+    step: int | None = None,
 ) -> tuple[Any, dict | None]:
     """:meth:`Checkpointer.resume` on ``directory``; a checkpoint that cannot be used is refused with the reason.
 
     Returns ``(like, None)`` when ``directory`` holds no checkpoint; with ``record``, a
-    checkpoint of another configuration (settings outside ``ignore``) is refused. ``what``
-    starts the message (``"OML's meta-training"``), if given.
+    checkpoint of another configuration (settings outside ``ignore``) is refused; with
+    ``step``, that checkpoint rather than the newest readable one. ``what`` starts the
+    message (``"OML's meta-training"``), if given.
     """
     checkpointer = Checkpointer(directory, every=1)
     try:
-        return checkpointer.resume(like, record, ignore)
-    except (CheckpointMismatchError, RuntimeError) as error:
+        return checkpointer.resume(like, record, ignore, step=step)
+    except (CheckpointMismatchError, RuntimeError, FileNotFoundError) as error:
         raise CommandError(f"{what + ': ' if what else ''}cannot resume from {directory}: {error}") from error
     finally:
         checkpointer.close()
