@@ -105,13 +105,18 @@ PROTOCOLS = {
 }
 
 
-def protocol_argv(name: str, budget: str, steps: int | None) -> list[str]:
-    """``metajax train`` arguments of protocol ``name`` at ``budget`` (``paper`` or ``reduced``)."""
+def protocol_argv(name: str, budget: str, steps: int | None, eval_tasks: int | None = None) -> list[str]:
+    """``metajax train`` arguments of protocol ``name`` at ``budget`` (``paper`` or ``reduced``).
+
+    ``steps`` and ``eval_tasks``, when given, replace the protocol's meta-steps and test episodes.
+    """
     argv = PROTOCOLS[name]["argv"].split()
     if steps is None and budget == "reduced":
         steps = PROTOCOLS[name]["reduced_steps"]
     if steps is not None:
         argv[argv.index("--steps") + 1] = str(steps)
+    if eval_tasks is not None:
+        argv[argv.index("--eval-tasks") + 1] = str(eval_tasks)
     return argv
 
 
@@ -124,6 +129,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--steps", type=int, default=None, help="meta-steps, overriding --budget")
     parser.add_argument("--time-limit", type=float, default=None, help="minutes of meta-training per protocol")
+    parser.add_argument(
+        "--eval-tasks", type=int, default=None, help="test episodes, overriding the protocol's (smoke runs)"
+    )
     parser.add_argument("--data-root", type=Path, default=None, help="dataset folder (default: $METAJAX_DATA)")
     parser.add_argument("--out", type=Path, default=Path("runs/fewshot"), help="folder of the runs' metrics.json")
     parser.add_argument("--seed", type=int, default=0)
@@ -134,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
         if name not in PROTOCOLS:
             parser.error(f"--protocol: unknown protocol {name!r}; expected one of {sorted(PROTOCOLS)} or all")
     for name in names:
-        run_argv = ["train", *protocol_argv(name, args.budget, args.steps), "--seed", str(args.seed)]
+        run_argv = ["train", *protocol_argv(name, args.budget, args.steps, args.eval_tasks), "--seed", str(args.seed)]
         run_argv += ["--out", str(args.out / name), "--log-every", "100"]
         if args.time_limit is not None:
             run_argv += ["--time-limit", str(args.time_limit)]
