@@ -258,9 +258,6 @@ if [[ $TORCH == auto ]]; then
 fi
 TORCH_FLAG=()
 [[ $TORCH == on ]] && TORCH_FLAG=(--torch)
-if [[ $TORCH == on ]] && ! grep -qi cuda "$ROOT/src/metajax/app/bench_torch.py" 2>/dev/null; then
-  NOTES+=("src/metajax/app/bench_torch.py never mentions CUDA: its PyTorch references ran on the CPU, so on a GPU machine the ratio lines compare JAX on the GPU with PyTorch on the CPU")
-fi
 GPU=$(timeout 20 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null | head -n 4)
 if [[ -z $GPU ]] && ((!SMOKE)); then
   NOTES+=("no NVIDIA GPU answered nvidia-smi: these are not GPU figures")

@@ -538,7 +538,7 @@ def run_torch(config: dict) -> dict:
     times = _time_calls(step, config["warmup"] + 1, config["steps"])
     _, rss_peak = _rss_mb()
     median = float(np.median(times))
-    record = dict(config, kind="result", torch_threads=torch.get_num_threads())
+    record = dict(config, kind="result", torch_threads=torch.get_num_threads(), torch_device=str(bench_torch.DEVICE))
     record.update(_speed(times, median, config["meta_batch"], 1, flops_task * config["meta_batch"], peak))
     record.update(
         rss_setup_mb=rss_setup,

@@ -11,6 +11,9 @@ Two formulations of each meta-step, both with Adam on the meta-parameters:
 The networks are those of the JAX workloads: MLP 1-40-40-1; Conv4 with 3x3 convolutions,
 batch normalisation with the batch's statistics (no running averages), ReLU, and stride 2
 (MAML Omniglot, padded as XLA's ``SAME``) or 2x2 max-pooling (ProtoNets).
+
+Parameters and data live on :data:`DEVICE` (CUDA when PyTorch sees a GPU, else the CPU);
+on CUDA each step ends with ``torch.cuda.synchronize()`` so that its time is the work's.
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.func import grad, vmap
+
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def _same_pads(size: int, stride: int, kernel: int = 3) -> tuple[int, int]:
@@ -40,7 +45,7 @@ def conv4_params(ways: int | None, filters: int = 64, channels: int = 1, feature
         w = torch.empty(ways, features)
         torch.nn.init.kaiming_uniform_(w, a=5**0.5)
         params += [w, torch.zeros(ways)]
-    return [p.requires_grad_() for p in params]
+    return [p.to(DEVICE).requires_grad_() for p in params]
 
 
 def conv4(params, x: torch.Tensor, pool: str) -> torch.Tensor:
@@ -64,7 +69,7 @@ def conv4(params, x: torch.Tensor, pool: str) -> torch.Tensor:
 def mlp_params() -> list[torch.Tensor]:
     """MLP 1-40-40-1."""
     layers = [torch.nn.Linear(1, 40), torch.nn.Linear(40, 40), torch.nn.Linear(40, 1)]
-    return [p.detach().clone().requires_grad_() for layer in layers for p in (layer.weight, layer.bias)]
+    return [p.detach().clone().to(DEVICE).requires_grad_() for layer in layers for p in (layer.weight, layer.bias)]
 
 
 def mlp(params, x: torch.Tensor) -> torch.Tensor:
@@ -74,19 +79,36 @@ def mlp(params, x: torch.Tensor) -> torch.Tensor:
 
 
 def make_step(config: dict, batch):
-    """A no-argument function running one meta-step of ``config`` on a fixed ``batch`` (Episode of numpy arrays)."""
+    """A no-argument function running one meta-step of ``config`` on a fixed ``batch`` (Episode of numpy arrays).
+
+    On CUDA the function returns after the step's kernels have finished.
+    """
+    step = _make_step(config, batch)
+    if DEVICE.type != "cuda":
+        return step
+
+    def synchronized():
+        step()
+        torch.cuda.synchronize()
+
+    return synchronized
+
+
+def _tensor(a) -> torch.Tensor:
+    return torch.from_numpy(np.array(a)).to(DEVICE)
+
+
+def _make_step(config: dict, batch):
     workload, impl = config["workload"], config["impl"]
-    as_images = lambda a: torch.from_numpy(np.array(np.moveaxis(np.asarray(a), -1, -3)))
+    as_images = lambda a: _tensor(np.moveaxis(np.asarray(a), -1, -3))
     net: Callable[[list[torch.Tensor], torch.Tensor], torch.Tensor]
     if workload == "maml-sinusoid":
-        sx, sy, qx, qy = (
-            torch.from_numpy(np.array(a)) for a in (batch.support_x, batch.support_y, batch.query_x, batch.query_y)
-        )
+        sx, sy, qx, qy = (_tensor(a) for a in (batch.support_x, batch.support_y, batch.query_x, batch.query_y))
         params, net, loss_fn = mlp_params(), mlp, F.mse_loss
         lr, second = 0.01, True
     else:
         sx, qx = as_images(batch.support_x), as_images(batch.query_x)
-        sy, qy = (torch.from_numpy(np.array(a)).long() for a in (batch.support_y, batch.query_y))
+        sy, qy = (_tensor(a).long() for a in (batch.support_y, batch.query_y))
         loss_fn = F.cross_entropy
         if workload == "maml-omniglot":
             params = conv4_params(config["ways"], features=64 * 2 * 2)
