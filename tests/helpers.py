@@ -19,6 +19,17 @@ def one_task(task, seed: int = 0):
     return jax.tree.map(lambda a: a[0], task.sample(jax.random.key(seed), 1))
 
 
+def assert_queries_answered_alone(learner, episode) -> jax.Array:
+    """Assert that ``learner`` answers ``episode``'s queries together as it does one at a time; the outputs."""
+    import numpy as np
+
+    adapted = learner.adapt(learner.init(jax.random.key(0), episode), episode.support, None)
+    together = learner.predict(adapted, episode.query_x)
+    alone = jnp.concatenate([learner.predict(adapted, q[None]) for q in episode.query_x])
+    np.testing.assert_allclose(together, alone, rtol=1e-5, atol=1e-6)
+    return together
+
+
 def regression_learners(hidden=(16,), inner_steps: int = 2, inner_lr: float = 0.05) -> dict:
     """Every registered gradient-based learner, configured for 1-D regression."""
     spec = registry.Spec(

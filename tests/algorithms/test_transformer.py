@@ -11,7 +11,7 @@ import optax
 import pytest
 
 import metajax
-from helpers import VectorTasks, one_task
+from helpers import VectorTasks, assert_queries_answered_alone, one_task
 from metajax import models, tasks
 from metajax.app import cli
 
@@ -34,12 +34,7 @@ def test_prediction_ignores_the_support_order_and_reads_the_labels():
 
 
 def test_each_query_is_answered_independently_of_the_others():
-    learner, episode = _learner(), one_task(SINE)
-    params = learner.init(jax.random.key(0), episode)
-    adapted = learner.adapt(params, episode.support, None)
-    together = learner.predict(adapted, episode.query_x)
-    alone = jnp.concatenate([learner.predict(adapted, episode.query_x[i : i + 1]) for i in range(6)])
-    np.testing.assert_allclose(together, alone, rtol=1e-5, atol=1e-6)
+    assert_queries_answered_alone(_learner(), one_task(SINE))
 
 
 def test_meta_training_lowers_the_query_loss_on_sinusoids_and_on_classification():
