@@ -412,15 +412,16 @@ def _newest_record(checkpointer, step: int | None) -> dict:
         raise CommandError(f"no checkpoint in {checkpointer.directory}.")
     if step is not None and step not in steps:
         raise CommandError(f"--step {step}: no checkpoint at that step in {checkpointer.directory}; there are {steps}.")
-    candidates = [step] if step is not None else steps[::-1]
-    for i, candidate in enumerate(candidates):
+    *newer, oldest = [step] if step is not None else steps[::-1]
+    for candidate in newer:
         try:
             return checkpointer.record(candidate)
         except RuntimeError as error:  # CorruptCheckpointError
-            if i == len(candidates) - 1:
-                raise CommandError(str(error)) from error
             print(f"metajax: warning: {error} Trying the checkpoint before it.", file=sys.stderr)
-    raise AssertionError("unreachable")
+    try:
+        return checkpointer.record(oldest)
+    except RuntimeError as error:
+        raise CommandError(str(error)) from error
 
 
 def _restore_newest(run_dir: Path, like, step: int | None = None):
