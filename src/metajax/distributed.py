@@ -62,8 +62,21 @@ def task_mesh(devices: Sequence[jax.Device] | None = None, axis_name: str = TASK
 
 
 def replicate(tree: Any, mesh: Mesh) -> Any:
-    """``tree``'s arrays placed on every device of ``mesh`` (parameters, optimizer state, keys)."""
-    return jax.device_put(tree, NamedSharding(mesh, P()))
+    """``tree``'s arrays placed on every device of ``mesh`` (parameters, optimizer state, keys).
+
+    With several processes each places its own copy, which must be equal on all of them (a
+    committed array, e.g. one restored from a checkpoint, would otherwise be sent between hosts).
+    """
+    sharding = NamedSharding(mesh, P())
+    if jax.process_count() == 1:
+        return jax.device_put(tree, sharding)
+
+    def put(leaf):
+        if isinstance(leaf, jax.Array) and jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
+            return jax.random.wrap_key_data(put(jax.random.key_data(leaf)), impl=jax.random.key_impl(leaf))
+        return jax.device_put(np.asarray(leaf), sharding)
+
+    return jax.tree.map(put, tree)
 
 
 def shard_tasks(tree: Any, mesh: Mesh, axis_name: str = TASK_AXIS) -> Any:

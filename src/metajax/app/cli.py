@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, NamedTuple, cast
 
 from metajax import learner as registry
-from metajax.app import bench, continual, plot
+from metajax.app import bench, continual, launch, plot
 from metajax.app.errors import (
     CommandError,
     check_eval,
@@ -114,6 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument(
         "--step", type=int, default=None, help="with --resume: continue from the checkpoint of this meta-step"
     )
+    launch.add_arguments(t)
     t.add_argument("--overwrite", action="store_true", help="replace the run already in --out (its files only)")
     t.add_argument("--tensorboard", action="store_true", help="also write TensorBoard events to OUT/tensorboard")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -205,9 +206,12 @@ def _check_args(args: argparse.Namespace) -> None:
         value = getattr(args, name)
         if value is not None and not value > 0:
             raise CommandError(f"{flag(name)} must be positive, got {value}.")
+    launch.check(args)
     _refuse_inapplicable(args)
     _fill_defaults(args)
-    check_out(args.out, args.resume, args.overwrite)
+    launch.join(args)
+    if launch.is_primary(args):
+        check_out(args.out, args.resume, args.overwrite)
     if args.tensorboard:
         require_tensorboard()
 
@@ -292,7 +296,7 @@ def _evaluate(run: _Run, params, key, num_tasks: int) -> dict:
 # meta-batch) define what is learned and are refused.
 RESUMABLE = (
     "out", "steps", "time_limit", "no_progress", "log_every", "checkpoint_every",
-    "tensorboard", "steps_per_call", "task_batching", "eval_tasks", "eval_steps", "data_root",
+    "tensorboard", "steps_per_call", "task_batching", "eval_tasks", "eval_steps", "data_root", *launch.RESUMABLE,
 )  # fmt: skip
 
 
@@ -312,7 +316,9 @@ def train_command(args: argparse.Namespace) -> dict:
     state, log = init_state(learner, train_task, optimizer, k_train), []
     if args.resume is not None:
         state, log = _resume(args, config, state)
-    claim(args.out, args.overwrite)  # the first change to the folder
+    primary, mesh = launch.is_primary(args), launch.mesh(args)
+    if primary:
+        claim(args.out, args.overwrite)  # the first change to the folder
     checkpoint_every = args.checkpoint_every
     if checkpoint_every is None:
         checkpoint_every = 10000 if args.task == "sinusoid" else 500
@@ -321,8 +327,10 @@ def train_command(args: argparse.Namespace) -> dict:
         from metajax.checkpoint import Checkpointer
 
         checkpointer = Checkpointer(args.out / "checkpoints", every=checkpoint_every)
-    log_file = JsonLines(
-        args.out / "log.jsonl", log, tensorboard=args.out / "tensorboard" if args.tensorboard else None
+    log_file = (
+        JsonLines(args.out / "log.jsonl", log, tensorboard=args.out / "tensorboard" if args.tensorboard else None)
+        if primary
+        else None
     )
     start_step, t0 = int(state.step), time.perf_counter()
     try:
@@ -334,19 +342,21 @@ def train_command(args: argparse.Namespace) -> dict:
             state=state,
             checkpointer=checkpointer,
             checkpoint_record=config,
-            on_log=lambda _, entry: log_file.append(entry),
+            on_log=lambda _, entry: log_file.append(entry) if log_file else None,
             num_steps=args.steps,
             meta_batch=args.meta_batch,
             steps_per_call=steps_per_call,
             log_every=args.log_every,
             task_batching=task_batching,
-            progress=not args.no_progress,
+            mesh=mesh,
+            progress=primary and not args.no_progress,
             max_seconds=None if args.time_limit is None else 60 * args.time_limit,
         )
     finally:
-        log_file.close()
+        if log_file:
+            log_file.close()
     train_seconds = time.perf_counter() - t0
-    eval_summary = _evaluate(run, state.params, k_eval, args.eval_tasks)
+    eval_summary = _evaluate(run, launch.local(state.params), k_eval, args.eval_tasks)
     history = log + history
     result = {
         "config": config,
@@ -361,7 +371,8 @@ def train_command(args: argparse.Namespace) -> dict:
         },
         "eval": eval_summary,
     }
-    write_json_atomic(args.out / "metrics.json", result)
+    if primary:
+        write_json_atomic(args.out / "metrics.json", result)
     return result
 
 
@@ -466,8 +477,10 @@ def _summary_line(result: dict) -> str:
 
 
 def _train(args: argparse.Namespace) -> int:
-    print(_summary_line(train_command(args)))
-    print(f"wrote {args.out / 'metrics.json'}")
+    result = train_command(args)
+    if launch.is_primary(args):  # the other processes of a multi-host run write nothing
+        print(_summary_line(result))
+        print(f"wrote {args.out / 'metrics.json'}")
     return 0
 
 

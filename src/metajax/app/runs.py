@@ -33,6 +33,7 @@ def machine() -> dict:
         "backend": jax.default_backend(),
         "device": getattr(device, "device_kind", str(device)),
         "device_count": jax.device_count(),
+        "process_count": jax.process_count(),
         "jax": jax.__version__,
     }
 
