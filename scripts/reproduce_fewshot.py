@@ -20,88 +20,16 @@ import json
 import sys
 from pathlib import Path
 
-from metajax.app import cli
+from metajax.app import cli, config
 
+# Each protocol is a config in configs/ (its flags, the paper's setup in comments, and under
+# ``reference`` the paper's test accuracy (%), cited, and the meta-steps of the reduced budget).
 # Test episodes: 1000 on Omniglot (Snell et al. 2017), 600 on miniImageNet (Finn et al. 2017).
-# Figures are the papers' test accuracies (%), with their 95% intervals where given.
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 PROTOCOLS = {
-    # Finn et al. (2017), MAML, Table 1: strided Conv4-64, meta-batch 32 (5-way) / 16 (20-way),
-    # 1 inner step lr 0.4 (5-way) / 5 steps lr 0.1 (20-way), 60k meta-steps, Adam 1e-3.
-    "maml-omniglot-5w1s": dict(
-        paper="MAML 98.7 +- 0.4 (Finn et al. 2017, Table 1)",
-        argv="--algo maml --task omniglot --ways 5 --shots 1 --query 1 --meta-batch 32 --inner-steps 1 "
-        "--inner-lr 0.4 --eval-steps 3 --steps 60000 --eval-tasks 1000",
-        reduced_steps=2000,
-    ),
-    "maml-omniglot-20w1s": dict(
-        paper="MAML 95.8 +- 0.3 (Finn et al. 2017, Table 1)",
-        argv="--algo maml --task omniglot --ways 20 --shots 1 --query 1 --meta-batch 16 --inner-steps 5 "
-        "--inner-lr 0.1 --eval-steps 5 --steps 60000 --eval-tasks 1000",
-        reduced_steps=1000,
-    ),
-    # Snell et al. (2017), Prototypical Networks, Table 1: Conv4-64 max-pooled, 60-way training
-    # episodes with 5 queries per class, test shot = train shot, Adam 1e-3 halved every 2000 episodes.
-    "protonet-omniglot-5w1s": dict(
-        paper="ProtoNets 98.8 (Snell et al. 2017, Table 1)",
-        argv="--algo protonet --task omniglot --ways 5 --train-ways 60 --shots 1 --query 5 --meta-batch 1 "
-        "--lr-decay-every 2000 --steps 20000 --eval-tasks 1000",
-        reduced_steps=2000,
-    ),
-    "protonet-omniglot-20w1s": dict(
-        paper="ProtoNets 96.0 (Snell et al. 2017, Table 1)",
-        argv="--algo protonet --task omniglot --ways 20 --train-ways 60 --shots 1 --query 5 --meta-batch 1 "
-        "--lr-decay-every 2000 --steps 20000 --eval-tasks 1000",
-        reduced_steps=2000,
-    ),
-    "protonet-omniglot-20w5s": dict(
-        paper="ProtoNets 98.9 (Snell et al. 2017, Table 1)",
-        argv="--algo protonet --task omniglot --ways 20 --train-ways 60 --shots 5 --query 5 --meta-batch 1 "
-        "--lr-decay-every 2000 --steps 20000 --eval-tasks 1000",
-        reduced_steps=2000,
-    ),
-    # Vinyals et al. (2016), Matching Networks, Table 1 (no fine-tuning, cosine attention).
-    "matchingnet-omniglot-5w1s": dict(
-        paper="Matching Nets 98.1 (Vinyals et al. 2016, Table 1)",
-        argv="--algo matchingnet --task omniglot --ways 5 --shots 1 --query 5 --meta-batch 32 "
-        "--steps 20000 --eval-tasks 1000",
-        reduced_steps=1000,
-    ),
-    # Mishra et al. (2018), SNAIL, Table 1: Conv4-64 max-pooled embedding, the support sequence and one
-    # query per episode, Attention(64, 32), TC(128), Attention(256, 128), TC(128), Attention(512, 256).
-    "snail-omniglot-5w1s": dict(
-        paper="SNAIL 99.07 +- 0.16 (Mishra et al. 2018, Table 1)",
-        argv="--algo snail --task omniglot --ways 5 --shots 1 --query 1 --meta-batch 32 "
-        "--steps 40000 --eval-tasks 1000",
-        reduced_steps=2000,
-    ),
-    "snail-omniglot-20w1s": dict(
-        paper="SNAIL 97.64 +- 0.30 (Mishra et al. 2018, Table 1)",
-        argv="--algo snail --task omniglot --ways 20 --shots 1 --query 1 --meta-batch 32 "
-        "--steps 40000 --eval-tasks 1000",
-        reduced_steps=1000,
-    ),
-    # The in-context Transformer (no paper of its own on Omniglot; SNAIL is the attention baseline):
-    # the same embedding and episodes as SNAIL, width 64, 2 blocks, 4 heads.
-    "transformer-omniglot-5w1s": dict(
-        paper="no paper figure (SNAIL, the attention baseline: 99.07, Mishra et al. 2018, Table 1)",
-        argv="--algo transformer --task omniglot --ways 5 --shots 1 --query 1 --meta-batch 32 "
-        "--steps 40000 --eval-tasks 1000",
-        reduced_steps=2000,
-    ),
-    # miniImageNet: MAML with 32 filters, 5 inner steps lr 0.01, meta-batch 4, 10 test steps;
-    # ProtoNets with 30-way training episodes and 15 queries.
-    "maml-miniimagenet-5w1s": dict(
-        paper="MAML 48.70 +- 1.84 (Finn et al. 2017, Table 2)",
-        argv="--algo maml --task miniimagenet --ways 5 --shots 1 --query 15 --meta-batch 4 --inner-steps 5 "
-        "--inner-lr 0.01 --eval-steps 10 --steps 60000 --eval-tasks 600",
-        reduced_steps=1000,
-    ),
-    "protonet-miniimagenet-5w1s": dict(
-        paper="ProtoNets 49.42 +- 0.78 (Snell et al. 2017, Table 2)",
-        argv="--algo protonet --task miniimagenet --ways 5 --train-ways 30 --shots 1 --query 15 --meta-batch 1 "
-        "--lr-decay-every 2000 --steps 20000 --eval-tasks 600",
-        reduced_steps=2000,
-    ),
+    path.stem: {"path": path, **config.read(path)[config.REFERENCE]}
+    for path in sorted(CONFIGS.glob("*.yaml"))
+    if config.REFERENCE in config.read(path)
 }
 
 
@@ -110,13 +38,13 @@ def protocol_argv(name: str, budget: str, steps: int | None, eval_tasks: int | N
 
     ``steps`` and ``eval_tasks``, when given, replace the protocol's meta-steps and test episodes.
     """
-    argv = PROTOCOLS[name]["argv"].split()
+    argv = ["--config", str(PROTOCOLS[name]["path"])]
     if steps is None and budget == "reduced":
-        steps = PROTOCOLS[name]["reduced_steps"]
+        steps = PROTOCOLS[name]["reduced-steps"]
     if steps is not None:
-        argv[argv.index("--steps") + 1] = str(steps)
+        argv += ["--steps", str(steps)]
     if eval_tasks is not None:
-        argv[argv.index("--eval-tasks") + 1] = str(eval_tasks)
+        argv += ["--eval-tasks", str(eval_tasks)]
     return argv
 
 
@@ -150,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
             run_argv += ["--data-root", str(args.data_root)]
         if not args.progress:
             run_argv.append("--no-progress")
-        result = cli.train_command(cli.build_parser().parse_args(run_argv))
+        result = cli.train_command(cli.parse(run_argv))
         accuracy = result["eval"]["accuracy"]
         line = {
             "protocol": name,

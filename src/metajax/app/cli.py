@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, NamedTuple, cast
 
 from metajax import learner as registry
-from metajax.app import bench, continual, launch, plot
+from metajax.app import bench, config, continual, launch, plot
 from metajax.app.errors import (
     CommandError,
     check_eval,
@@ -55,6 +55,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="on an error, show the traceback instead of one line")
     sub = parser.add_subparsers(dest="command", required=True)
     t = sub.add_parser("train", help="meta-train, evaluate on new tasks, write OUT/metrics.json")
+    t.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="YAML file of flags (configs/; flags given override it)",
+    )
     t.add_argument("--algo", choices=ALGORITHMS, default="maml", help="learner (default: maml)")
     t.add_argument("--task", choices=TASKS, default="sinusoid", help="task distribution (default: sinusoid)")
     t.add_argument("--shots", type=int, default=10, help="support examples per task or class (default 10)")
@@ -296,7 +303,8 @@ def _evaluate(run: _Run, params, key, num_tasks: int) -> dict:
 # meta-batch) define what is learned and are refused.
 RESUMABLE = (
     "out", "steps", "time_limit", "no_progress", "log_every", "checkpoint_every",
-    "tensorboard", "steps_per_call", "task_batching", "eval_tasks", "eval_steps", "data_root", *launch.RESUMABLE,
+    "tensorboard", "steps_per_call", "task_batching", "eval_tasks", "eval_steps", "data_root", "config",
+    *launch.RESUMABLE,
 )  # fmt: skip
 
 
@@ -499,13 +507,21 @@ def _continual(args: argparse.Namespace) -> int:
 COMMANDS = {"train": _train, "eval": _eval, "continual": _continual, "bench": bench.command, "plot": plot.command}
 
 
+def parse(argv: list[str]) -> argparse.Namespace:
+    """The arguments of a ``metajax`` command line, with ``train --config FILE``'s flags read in."""
+    parser = build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return parser.parse_args(config.expand(argv, commands.choices["train"]))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``metajax`` console script.
 
     Raises:
         CommandError: (a ``SystemExit``) an expected error, already printed as one line; exit status 2, 130 on Ctrl-C.
     """
-    args = build_parser().parse_args(argv)
+    given = list(sys.argv[1:] if argv is None else argv)
+    args = run_command("train", lambda: parse(given), debug="--debug" in given)  # only train reads a --config
     return run_command(args.command, lambda: COMMANDS[args.command](args), debug=args.debug)
 
 

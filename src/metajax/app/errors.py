@@ -15,6 +15,9 @@ import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
+
+T = TypeVar("T")
 
 EXPECTED = (ValueError, TypeError, OSError, FloatingPointError)
 SEED_BOUND = 2**32  # jax.random.key takes the seed modulo 2**32: larger seeds repeat smaller ones
@@ -113,7 +116,7 @@ def describe(error: BaseException, command: str) -> str | None:
     return with_flags(text, command)
 
 
-def run_command(command: str, body: Callable[[], int], debug: bool = False) -> int:
+def run_command(command: str, body: Callable[[], T], debug: bool = False) -> T:
     """Run ``body`` (a command); an expected error is printed as one line and raised as a :class:`CommandError`.
 
     Raises:
