@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -80,3 +84,34 @@ def test_rl_flags_that_do_not_apply_are_refused(tmp_path, argv, message, capsys)
     with pytest.raises(SystemExit) as error:
         cli.main(["train", *argv, "--out", str(tmp_path)])
     assert error.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_nav2d_script_collects_the_runs_and_prints_the_readme_table(four_steps, tmp_path):
+    script = Path(__file__).resolve().parents[2] / "scripts" / "rl_nav2d.py"
+    env = {**os.environ, "PYTHONPATH": str(script.parents[1] / "src")}
+    run = lambda *args: (
+        subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, env=env, check=True).stdout
+    )
+    collected = json.loads(run("collect", str(four_steps.parent), "--note", "tiny"))
+    assert collected["note"] == "tiny" and list(collected["runs"]) == ["maml-rl"]
+    train = collected["runs"]["maml-rl"]["train"]
+    assert train["steps"] == 4 and train["env_steps_per_s_steady"] > 0  # 2 x 3 episodes x 5 steps per task
+    (tmp_path / "nav2d.json").write_text(json.dumps(collected))
+    lines = run("table", str(tmp_path / "nav2d.json")).splitlines()
+    assert lines[0].startswith("| learner | meta-steps |") and lines[0].endswith("| after 3 steps |")
+    mean = collected["runs"]["maml-rl"]["eval"]["return"]["mean"][0]
+    assert lines[2].startswith("| MAML-RL (DiCE, second order) | 4 |") and f"{mean:.1f} +- " in lines[2]
+
+
+def test_the_readme_table_is_the_committed_json_s():
+    root = Path(__file__).resolve().parents[2]
+    script = root / "scripts" / "rl_nav2d.py"
+    env = {**os.environ, "PYTHONPATH": str(root / "src")}
+    table = subprocess.run(
+        [sys.executable, str(script), "table", str(root / "docs" / "results" / "nav2d-cpu.json")],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+    ).stdout.strip()
+    assert table in (root / "README.md").read_text()
