@@ -7,11 +7,13 @@ import dataclasses
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 import metajax
 from metajax import learner as registry
 from metajax import models
+from metajax.rl.envs import PointState
 
 
 def one_task(task, seed: int = 0):
@@ -99,3 +101,53 @@ def held_out_loss_before_after(learner, steps: int, learning_rate: float = 1e-2)
     for key in jax.random.split(jax.random.key(2), steps):
         params, opt_state = step(params, opt_state, key)
     return float(before), float(jax.jit(batch_loss)(params, held_out))
+
+
+# ----------------------------------------------------------------------------- RL
+
+
+@dataclasses.dataclass(frozen=True)
+class QuadraticPoint:
+    """A 1-D point from 0: ``s' = s + a``, reward ``-(s' - goal)^2``, unclipped; horizon 1 is a Gaussian bandit.
+
+    With a linear Gaussian policy its expected return is a closed-form function of the
+    policy's parameters (:func:`expected_return`).
+    """
+
+    horizon: int = 1
+    observation_size: int = 1
+    action_size: int = 1
+    task_size: int = 1
+
+    def sample_tasks(self, key, num_tasks):
+        return jax.random.uniform(key, (num_tasks, 1))
+
+    def reset(self, task):
+        return PointState(jnp.zeros(1)), jnp.zeros(1)
+
+    def step(self, state, action, task):
+        position = state.position + action
+        return PointState(position), position, -jnp.sum((position - task) ** 2)
+
+
+def expected_return(theta, goal, horizon):
+    """E[sum of rewards] of ``a_t ~ N(w s_t + b, exp(2 s))`` on :class:`QuadraticPoint`, ``theta = (w, b, s)``."""
+    w, b, log_std = theta
+    var = jnp.exp(2 * log_std)
+    value = -((b - goal) ** 2 + var)  # s_1 = a_0 ~ N(b, var)
+    if horizon == 2:  # s_2 = (1 + w) s_1 + b + noise
+        mean2, var2 = (1 + w) * b + b, (1 + w) ** 2 * var + var
+        value = value - ((mean2 - goal) ** 2 + var2)
+    return value
+
+
+def linear_policy_params(theta):
+    """The parameters of ``GaussianMLPPolicy(hidden=())`` (mean ``w s + b``) for ``theta = (w, b, log_std)``."""
+    w, b, log_std = theta
+    dense = {"kernel": jnp.full((1, 1), w), "bias": jnp.full((1,), b)}
+    return {"mean": {"Dense_0": dense}, "log_std": jnp.full((1,), log_std)}
+
+
+def as_theta(grads):
+    dense = grads["mean"]["Dense_0"]
+    return np.array([dense["kernel"][0, 0], dense["bias"][0], grads["log_std"][0]])

@@ -1,6 +1,6 @@
 """metajax: meta-learning in JAX. Every learner is a pure function of (params, task, key)."""
 
-from metajax import algorithms, continual, datasets, distributed, learner, losses, models, tasks
+from metajax import algorithms, continual, datasets, distributed, learner, losses, models, rl, tasks
 from metajax.algorithms import (
     ANIL,
     FEAT,
@@ -74,6 +74,7 @@ __all__ = [
     "meta_step",
     "models",
     "plots",
+    "rl",
     "tasks",
     "train",
     "validate_episode",

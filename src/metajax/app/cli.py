@@ -15,7 +15,9 @@ from pathlib import Path
 from typing import Any, NamedTuple, cast
 
 from metajax import learner as registry
-from metajax.app import bench, config, continual, launch, plot
+from metajax.app import bench, continual, launch, plot
+from metajax.app import config as config_file
+from metajax.app import rl as rl_app
 from metajax.app.errors import (
     CommandError,
     check_eval,
@@ -41,8 +43,9 @@ from metajax.app.runs import (
 GRADIENT_ALGORITHMS = registry.names(family="gradient")
 METRIC_ALGORITHMS = registry.names(family="metric")
 ATTENTION_ALGORITHMS = registry.names(family="attention")
-ALGORITHMS = GRADIENT_ALGORITHMS + METRIC_ALGORITHMS + ATTENTION_ALGORITHMS
-TASKS = ("sinusoid", "omniglot", "miniimagenet")
+SUPERVISED_TASKS = ("sinusoid", "omniglot", "miniimagenet")
+ALGORITHMS = GRADIENT_ALGORITHMS + METRIC_ALGORITHMS + ATTENTION_ALGORITHMS + rl_app.ALGORITHMS
+TASKS = SUPERVISED_TASKS + rl_app.TASKS
 # MAML paper (Finn et al., 2017): Conv4 with 64 strided filters on Omniglot, 32 max-pooled on
 # miniImageNet; ProtoNets and Matching Networks use 64 max-pooled filters on both, as does the
 # in-context Transformer's embedding (SNAIL's Conv4).
@@ -79,17 +82,19 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument(
         "--filters", type=int, default=None, help="Conv4 filters (default: 64 Omniglot, 32 miniImageNet MAML)"
     )
-    t.add_argument("--meta-batch", type=int, default=25, help="tasks per meta-step (default 25)")
+    t.add_argument("--meta-batch", type=int, default=None, help="tasks per meta-step (default 25; 20 on nav2d)")
     t.add_argument("--inner-steps", type=int, default=1, help="inner steps during meta-training (default 1)")
-    t.add_argument("--inner-lr", type=float, default=0.01, help="inner SGD step size (default 0.01)")
+    t.add_argument("--inner-lr", type=float, default=None, help="inner SGD step size (default 0.01; 0.1 on nav2d)")
     t.add_argument("--meta-lr", type=float, default=1e-3, help="Adam step size of the outer loop (default 1e-3)")
     t.add_argument("--lr-decay-every", type=int, default=None, help="halve the meta step size every N steps")
-    t.add_argument("--steps", type=int, default=70000, help="meta-steps (default 70000)")
+    t.add_argument("--steps", type=int, default=None, help="meta-steps (default 70000; 500 on nav2d)")
     t.add_argument("--time-limit", type=float, default=None, help="stop meta-training after this many minutes")
     t.add_argument("--seed", type=int, default=0, help="PRNG seed in [0, 2**32) (default 0)")
     t.add_argument("--out", type=Path, required=True, help="output directory (refused if it holds another run)")
     t.add_argument("--eval-tasks", type=int, default=600, help="new tasks at meta-test (default 600)")
-    t.add_argument("--eval-steps", type=int, default=None, help="inner steps at meta-test (default 10; 3 on Omniglot)")
+    t.add_argument(
+        "--eval-steps", type=int, default=None, help="inner steps at meta-test (default 10; 3 on Omniglot, nav2d)"
+    )
     t.add_argument(
         "--feat-contrastive",
         type=float,
@@ -101,7 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument(
         "--steps-per-call", type=int, default=None, help="meta-steps per dispatch (default: 100 for sinusoid)"
     )
-    t.add_argument("--log-every", type=int, default=1000, help="meta-steps per logged training entry (default 1000)")
+    t.add_argument(
+        "--log-every", type=int, default=None, help="meta-steps per logged training entry (default 1000; 10 on nav2d)"
+    )
     t.add_argument(
         "--task-batching", choices=("vmap", "map"), default=None, help="how tasks are batched (default: per backend)"
     )
@@ -109,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--checkpoint-every",
         type=int,
         default=None,
-        help="meta-steps between checkpoints in OUT/checkpoints (0: none; default 10000 sinusoid, 500 images)",
+        help="meta-steps between checkpoints in OUT/checkpoints (0: none; default 10000 sinusoid, 500 images, 50 RL)",
     )
     t.add_argument(
         "--resume",
@@ -124,6 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     launch.add_arguments(t)
     t.add_argument("--overwrite", action="store_true", help="replace the run already in --out (its files only)")
     t.add_argument("--tensorboard", action="store_true", help="also write TensorBoard events to OUT/tensorboard")
+    rl_app.add_arguments(t)
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
     continual.add_parser(sub)
     bench.add_parser(sub)
@@ -155,7 +163,13 @@ def _network(args: argparse.Namespace, family: str):
 
 
 def build_learner(args: argparse.Namespace, ways: int | None = None):
-    """The registered learner named by ``--algo`` for the task's kind and model (``ways`` for classification)."""
+    """The registered learner named by ``--algo`` for the task's kind and model (``ways`` for classification).
+
+    Flags not given take their defaults for the task, so parsed arguments build what ``train`` would.
+    """
+    _fill_defaults(args)
+    if args.task in rl_app.TASKS:
+        return rl_app.build(args)[1]
     entry = registry.entry(args.algo)
     kind = "regression" if args.task == "sinusoid" else "classification"
     if kind not in entry.kinds:
@@ -177,6 +191,9 @@ def build_tasks(args: argparse.Namespace):
 
     from metajax import tasks
 
+    if args.task in rl_app.TASKS:
+        task = rl_app.build(args)[0]
+        return task, task
     if args.task == "sinusoid":
         task = tasks.Sinusoid(shots=args.shots, queries=args.query)
         return task, task
@@ -191,13 +208,18 @@ IMAGE_FLAGS = ("ways", "train_ways", "data_root", "backbone", "filters")
 # Flags of one learner's own options: refused with any other --algo.
 LEARNER_FLAGS = {"imaml": ("imaml_prox", "imaml_cg_steps"), "feat": ("feat_contrastive",)}
 DEFAULTS = {"ways": 5, "backbone": "conv4", "imaml_prox": 1.0, "imaml_cg_steps": 5, "feat_contrastive": 0.0}
+# The supervised defaults of the flags whose RL defaults differ (rl_app.DEFAULTS).
+SUPERVISED_DEFAULTS = {"inner_lr": 0.01, "meta_batch": 25, "steps": 70000, "log_every": 1000}
 
 
 def _check_args(args: argparse.Namespace) -> None:
-    """Refuse bad values and flags that do not apply; then fill in the defaults of those that do."""
+    """Refuse flags that do not apply, fill in the defaults of those that do; then refuse bad values."""
+    _refuse_inapplicable(args)
+    _fill_defaults(args)
     check_finite(args)
     check_seed(args.seed)
-    check_positive_ints(args, ("shots", "meta_batch", "inner_steps", "steps", "log_every"))
+    trained = args.algo not in rl_app.UNTRAINED  # the random baseline takes 0 meta-steps
+    check_positive_ints(args, ("shots", "meta_batch", "inner_steps", *(("steps",) if trained else ()), "log_every"))
     optional = ("query", "ways", "train_ways", "steps_per_call", "filters", "lr_decay_every", "imaml_cg_steps")
     check_positive_ints(args, optional, optional=True)
     check_eval(args)
@@ -214,8 +236,6 @@ def _check_args(args: argparse.Namespace) -> None:
         if value is not None and not value > 0:
             raise CommandError(f"{flag(name)} must be positive, got {value}.")
     launch.check(args)
-    _refuse_inapplicable(args)
-    _fill_defaults(args)
     launch.join(args)
     if launch.is_primary(args):
         check_out(args.out, args.resume, args.overwrite)
@@ -227,13 +247,16 @@ def _refuse_inapplicable(args: argparse.Namespace) -> None:
     def given(names):
         return next((flag(n) for n in names if getattr(args, n) is not None), None)
 
-    if args.task == "sinusoid" and given(IMAGE_FLAGS):
-        raise CommandError(f"{given(IMAGE_FLAGS)} does not apply to --task sinusoid; it sets the image tasks.")
+    rl_app.check(args, given)
+    if args.task in ("sinusoid", *rl_app.TASKS) and given(IMAGE_FLAGS):
+        raise CommandError(f"{given(IMAGE_FLAGS)} does not apply to --task {args.task}; it sets the image tasks.")
     for algo, names in LEARNER_FLAGS.items():
         if args.algo != algo and given(names):
             raise CommandError(f"{given(names)} applies to --algo {algo} only, not --algo {args.algo}.")
     if args.backbone == "resnet12" and args.filters is not None:
         raise CommandError("--filters sets the width of Conv4; --backbone resnet12 has fixed widths.")
+    if args.task in rl_app.TASKS:
+        return
     ways = DEFAULTS["ways"] if args.ways is None else args.ways
     family = registry.entry(args.algo).family
     if args.train_ways not in (None, ways) and family != "metric":
@@ -245,7 +268,10 @@ def _refuse_inapplicable(args: argparse.Namespace) -> None:
 
 
 def _fill_defaults(args: argparse.Namespace) -> None:
-    for name, value in DEFAULTS.items():
+    if args.task in rl_app.TASKS:
+        rl_app.fill_defaults(args)
+        return
+    for name, value in {**DEFAULTS, **SUPERVISED_DEFAULTS}.items():
         if getattr(args, name) is None:
             setattr(args, name, value)
 
@@ -341,25 +367,30 @@ def train_command(args: argparse.Namespace) -> dict:
         else None
     )
     start_step, t0 = int(state.step), time.perf_counter()
+    history: list[dict] = []
     try:
-        state, history = train(
-            learner,
-            train_task,
-            optimizer,
-            key=k_train,
-            state=state,
-            checkpointer=checkpointer,
-            checkpoint_record=config,
-            on_log=lambda _, entry: log_file.append(entry) if log_file else None,
-            num_steps=args.steps,
-            meta_batch=args.meta_batch,
-            steps_per_call=steps_per_call,
-            log_every=args.log_every,
-            task_batching=task_batching,
-            mesh=mesh,
-            progress=primary and not args.no_progress,
-            max_seconds=None if args.time_limit is None else 60 * args.time_limit,
-        )
+        if args.algo in rl_app.UNTRAINED:  # the random baseline: its initialisation is checkpointed as it is
+            if checkpointer is not None:
+                checkpointer.save(state, config)
+        else:
+            state, history = train(
+                learner,
+                train_task,
+                optimizer,
+                key=k_train,
+                state=state,
+                checkpointer=checkpointer,
+                checkpoint_record=config,
+                on_log=lambda _, entry: log_file.append(entry) if log_file else None,
+                num_steps=args.steps,
+                meta_batch=args.meta_batch,
+                steps_per_call=steps_per_call,
+                log_every=args.log_every,
+                task_batching=task_batching,
+                mesh=mesh,
+                progress=primary and not args.no_progress,
+                max_seconds=None if args.time_limit is None else 60 * args.time_limit,
+            )
     finally:
         if log_file:
             log_file.close()
@@ -379,6 +410,9 @@ def train_command(args: argparse.Namespace) -> dict:
         },
         "eval": eval_summary,
     }
+    if args.task in rl_app.TASKS:  # meta-training's wall time (compilation included) per environment step
+        steps = rl_app.env_steps_per_meta_step(args, learner) * (int(state.step) - start_step)
+        result["train"]["env_steps_per_s"] = steps / train_seconds
     if primary:
         write_json_atomic(args.out / "metrics.json", result)
     return result
@@ -511,7 +545,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     """The arguments of a ``metajax`` command line, with ``train --config FILE``'s flags read in."""
     parser = build_parser()
     commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    return parser.parse_args(config.expand(argv, commands.choices["train"]))
+    return parser.parse_args(config_file.expand(argv, commands.choices["train"]))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

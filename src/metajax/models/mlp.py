@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import flax.linen as nn
 import jax
@@ -10,7 +10,7 @@ import jax.numpy as jnp
 
 
 class MLP(nn.Module):
-    """Fully connected network with ReLU between layers.
+    """Fully connected network with ReLU (or ``activation``) between layers.
 
     Attributes:
         hidden: widths of the hidden layers, e.g. ``(40, 40)`` for MAML's sinusoid net.
@@ -18,6 +18,7 @@ class MLP(nn.Module):
             for ANIL or a metric learner).
         dtype: computation dtype, e.g. ``jnp.bfloat16`` for mixed precision; parameters
             stay float32 and outputs are float32.
+        activation: the nonlinearity after each hidden layer (``nn.tanh`` for MAML-RL's policy).
 
     Example:
         >>> import jax, jax.numpy as jnp
@@ -30,12 +31,13 @@ class MLP(nn.Module):
     hidden: Sequence[int] = (40, 40)
     out: int | None = 1
     dtype: jnp.dtype | None = None
+    activation: Callable[[jax.Array], jax.Array] = nn.relu
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         """``x``: ``[examples, in]`` -> ``[examples, out]`` (or ``[examples, hidden[-1]]``)."""
         for width in self.hidden:
-            x = nn.relu(nn.Dense(width, dtype=self.dtype)(x))
+            x = self.activation(nn.Dense(width, dtype=self.dtype)(x))
         if self.out is not None:
             x = nn.Dense(self.out, dtype=self.dtype)(x)
         return x.astype(jnp.float32) if self.dtype is not None else x

@@ -1,0 +1,104 @@
+"""``metajax train --task nav2d``: meta-reinforcement learning through the train command's run machinery.
+
+The task is an environment (:class:`metajax.rl.Navigation2D`, MAML's 2D navigation) that
+the trainer sees as :class:`metajax.rl.EnvTasks`; the learners are those of
+:mod:`metajax.rl.registry`. Run folders, ``metrics.json``, checkpoints, ``--resume`` and
+``metajax eval`` are the supervised ones; ``eval`` holds, per adaptation step, the mean
+and ci95 of ``return`` (the undiscounted return of an episode, averaged over the task's
+episodes, then over the new tasks).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from metajax.app.errors import CommandError, flag
+from metajax.rl import objectives, registry
+
+TASKS = ("nav2d",)
+ALGORITHMS = registry.NAMES
+UNTRAINED = registry.UNTRAINED
+# Flags of the RL tasks only; the estimator flags of maml-rl only.
+FLAGS = ("episodes", "horizon", "estimator", "first_order")
+MAML_FLAGS = ("estimator", "first_order")
+# MAML's 2D navigation protocol (Finn et al., 2017, sec. 5.3 and appendix): 20 episodes per
+# task and step, inner step size 0.1, horizon 100, evaluated after up to 3 steps.
+DEFAULTS = {
+    "inner_lr": 0.1,
+    "meta_batch": 20,
+    "steps": 500,
+    "log_every": 10,
+    "checkpoint_every": 50,
+    "eval_steps": 3,
+    "episodes": 20,
+    "horizon": 100,
+    "estimator": "dice",
+    "first_order": False,
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The RL flags of ``metajax train``."""
+    parser.add_argument("--episodes", type=int, default=None, help="nav2d: episodes per task and inner step (20)")
+    parser.add_argument("--horizon", type=int, default=None, help="nav2d: steps per episode (default 100)")
+    parser.add_argument(
+        "--estimator",
+        choices=objectives.ESTIMATORS,
+        default=None,
+        help="maml-rl: inner surrogate whose Hessian the second-order meta-gradient uses (default dice)",
+    )
+    parser.add_argument("--first-order", action="store_true", default=None, help="maml-rl: first-order meta-gradient")
+
+
+def check(args: argparse.Namespace, given) -> None:
+    """Refuse an RL learner on a supervised task (and back), and RL flags where they do not apply.
+
+    ``given(names)`` is the flag of the first of ``names`` set on the command line, or ``None``.
+    """
+    rl_task, rl_algo = args.task in TASKS, args.algo in ALGORITHMS
+    if rl_algo and not rl_task:
+        raise CommandError(f"--algo {args.algo} needs an RL task ({', '.join(TASKS)}), not --task {args.task}.")
+    if rl_task and not rl_algo:
+        raise CommandError(
+            f"--algo {args.algo} needs a supervised task, not --task {args.task}; "
+            f"the RL learners are {', '.join(ALGORITHMS)}."
+        )
+    if not rl_task and given(FLAGS):
+        raise CommandError(f"{given(FLAGS)} applies to the RL tasks ({', '.join(TASKS)}) only, not --task {args.task}.")
+    if rl_algo and args.algo != "maml-rl" and given(MAML_FLAGS):
+        raise CommandError(f"{given(MAML_FLAGS)} applies to --algo maml-rl only, not --algo {args.algo}.")
+    if args.algo in UNTRAINED and given(("steps",)):
+        raise CommandError(f"--algo {args.algo} is not meta-trained (0 meta-steps); drop --steps.")
+
+
+def fill_defaults(args: argparse.Namespace) -> None:
+    """The RL defaults of the flags not given (``--steps 0`` for the untrained baseline)."""
+    defaults = {**DEFAULTS, "steps": 0} if args.algo in UNTRAINED else DEFAULTS
+    for name, value in defaults.items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    for name in ("episodes", "horizon"):
+        if getattr(args, name) <= 0:
+            raise CommandError(f"{flag(name)} must be a positive integer, got {getattr(args, name)}.")
+
+
+def build(args: argparse.Namespace):
+    """``(task, learner)`` of ``--task`` and ``--algo``: the environment's tasks and the RL learner."""
+    from metajax import rl
+
+    env = rl.Navigation2D(horizon=args.horizon)
+    learner = registry.build(
+        args.algo,
+        env,
+        episodes=args.episodes,
+        inner_lr=args.inner_lr,
+        inner_steps=args.inner_steps,
+        estimator=args.estimator,
+        first_order=bool(args.first_order),
+    )
+    return rl.EnvTasks(env), learner
+
+
+def env_steps_per_meta_step(args: argparse.Namespace, learner) -> int:
+    """Environment steps one meta-step takes: every task's episodes before, during and after adaptation."""
+    return args.meta_batch * args.episodes * args.horizon * (learner.inner_steps + 1)

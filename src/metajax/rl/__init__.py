@@ -1,0 +1,19 @@
+"""Meta-reinforcement learning: JAX environments as task distributions, policy-gradient objectives, MAML-RL."""
+
+from metajax.rl import objectives, registry
+from metajax.rl.envs import Environment, EnvTasks, Navigation2D, PointState, Trajectories, rollout
+from metajax.rl.maml_rl import MAMLRL
+from metajax.rl.policy import GaussianMLPPolicy
+
+__all__ = [
+    "MAMLRL",
+    "EnvTasks",
+    "Environment",
+    "GaussianMLPPolicy",
+    "Navigation2D",
+    "PointState",
+    "Trajectories",
+    "objectives",
+    "registry",
+    "rollout",
+]
