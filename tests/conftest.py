@@ -1,13 +1,29 @@
-"""Test-wide settings (strict rank promotion, as equinox's tests do) and where real data is."""
+"""Test-wide settings (strict rank promotion, as equinox's tests do; a compilation cache) and where real data is."""
 
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
-import jax
-import pytest
+# Many tests compile the same small programs (the CLI's tiny runs, the contract suite's
+# learners): a compilation cache shared by the test workers and the processes they start
+# compiles each once. Set JAX_COMPILATION_CACHE_DIR to choose the folder.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(Path(tempfile.gettempdir()) / f"metajax-tests-{os.getuid()}"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
+import jax  # noqa: E402  (reads the variables above)
+import pytest  # noqa: E402
+
+# Also when a plugin imported JAX before this file:
+jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
+jax.config.update(
+    "jax_persistent_cache_min_compile_time_secs", float(os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"])
+)
+jax.config.update(
+    "jax_persistent_cache_min_entry_size_bytes", int(os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"])
+)
 jax.config.update("jax_numpy_rank_promotion", "raise")
 
 
