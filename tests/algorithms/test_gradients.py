@@ -148,13 +148,15 @@ def test_implicit_gradient_on_an_mlp_is_the_explicit_hessian_solve(damping):
     with jax.enable_x64(True):
         prox = 2.0
         learner, params, episode, flat, support_loss, query_loss = _mlp_implicit_problem(prox, damping, inner_steps=5)
-        phi = jax.flatten_util.ravel_pytree(learner.adapt(params, episode.support, None))[0]
+        phi = jax.flatten_util.ravel_pytree(jax.jit(learner.adapt)(params, episode.support, None))[0]
         hessian = np.asarray(jax.hessian(support_loss)(phi))
         assert np.linalg.eigvalsh(hessian).min() > -prox  # the undamped system is positive definite here too
         expected = np.linalg.solve(
             np.eye(flat.size) + hessian / (prox + damping), np.asarray(jax.grad(query_loss)(phi))
         )
-        analytic = jax.flatten_util.ravel_pytree(jax.grad(lambda p: learner.loss(p, episode, None)[0])(params))[0]
+        analytic = jax.flatten_util.ravel_pytree(
+            jax.jit(jax.grad(lambda p: learner.loss(p, episode, None)[0]))(params)
+        )[0]
         np.testing.assert_allclose(analytic, expected, rtol=1e-6, atol=1e-9)
 
 
@@ -171,7 +173,9 @@ def test_implicit_gradient_on_an_mlp_matches_finite_differences_of_the_proximal_
             return query_loss(jax.lax.fori_loop(0, 2000, step, theta))
 
         numeric = _finite_difference(lambda v: float(query_loss_at_the_solution(v)), np.asarray(flat), eps=1e-5)
-        analytic = jax.flatten_util.ravel_pytree(jax.grad(lambda p: learner.loss(p, episode, None)[0])(params))[0]
+        analytic = jax.flatten_util.ravel_pytree(
+            jax.jit(jax.grad(lambda p: learner.loss(p, episode, None)[0]))(params)
+        )[0]
         np.testing.assert_allclose(analytic, numeric, rtol=1e-4, atol=1e-7)
 
 
