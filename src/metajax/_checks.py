@@ -21,6 +21,12 @@ def check_positive(name: str, value) -> None:
         raise ValueError(f"{name} must be a positive number, got {value!r}.")
 
 
+def check_non_negative(name: str, value) -> None:
+    """Raise ``ValueError`` unless ``value`` is a real number >= 0."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value >= 0:  # type: ignore[operator]
+        raise ValueError(f"{name} must be a non-negative number, got {value!r}.")
+
+
 def check_range(name: str, value) -> None:
     """Raise ``ValueError`` unless ``value`` is a pair ``(low, high)`` with ``low <= high``."""
     if not (isinstance(value, tuple) and len(value) == 2 and value[0] <= value[1]):

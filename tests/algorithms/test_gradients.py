@@ -124,6 +124,66 @@ def test_implicit_gradient_matches_exact_proximal_solution():
         np.testing.assert_allclose(analytic, numeric, rtol=1e-4, atol=1e-7)
 
 
+def _mlp_implicit_problem(prox, damping, inner_steps, inner_lr=0.05):
+    """A float64 iMAML learner on a 13-weight MLP, its parameters, a sinusoid task and flat support/query losses."""
+    task = tasks.Sinusoid(shots=5)
+    episode = jax.tree.map(lambda a: a.astype(jnp.float64), one_task(task, seed=1))
+    # cg_steps = the number of weights: on a positive definite system CG is then an exact solve.
+    implicit = metajax.Implicit(prox=prox, cg_steps=13, damping=damping)
+    learner = metajax.MAML(
+        models.MLP(hidden=(4,), out=1), inner_lr=inner_lr, inner_steps=inner_steps, meta_gradient=implicit
+    )
+    params = jax.tree.map(lambda a: a.astype(jnp.float64), learner.init(jax.random.key(0), episode))
+    flat, unravel = jax.flatten_util.ravel_pytree(params)
+
+    def mse(x, y):
+        return lambda v: jnp.mean((learner.predict(unravel(v), x) - y) ** 2)
+
+    return learner, params, episode, flat, mse(*episode.support), mse(*episode.query)
+
+
+@pytest.mark.parametrize("damping", [0.0, 5.0])
+def test_implicit_gradient_on_an_mlp_is_the_explicit_hessian_solve(damping):
+    """The meta-gradient is ``(I + H / (prox + damping))^-1 g`` with ``H`` formed explicitly and solved directly."""
+    with jax.enable_x64(True):
+        prox = 2.0
+        learner, params, episode, flat, support_loss, query_loss = _mlp_implicit_problem(prox, damping, inner_steps=5)
+        phi = jax.flatten_util.ravel_pytree(jax.jit(learner.adapt)(params, episode.support, None))[0]
+        hessian = np.asarray(jax.hessian(support_loss)(phi))
+        assert np.linalg.eigvalsh(hessian).min() > -prox  # the undamped system is positive definite here too
+        expected = np.linalg.solve(
+            np.eye(flat.size) + hessian / (prox + damping), np.asarray(jax.grad(query_loss)(phi))
+        )
+        analytic = jax.flatten_util.ravel_pytree(
+            jax.jit(jax.grad(lambda p: learner.loss(p, episode, None)[0]))(params)
+        )[0]
+        np.testing.assert_allclose(analytic, expected, rtol=1e-6, atol=1e-9)
+
+
+def test_implicit_gradient_on_an_mlp_matches_finite_differences_of_the_proximal_solution():
+    """Undamped, with the inner problem solved, it is the gradient of the query loss at the proximal solution."""
+    with jax.enable_x64(True):
+        prox, lr = 5.0, 0.01  # the inner descent contracts by 1 - lr * prox per step in the flattest direction
+        learner, params, episode, flat, support_loss, query_loss = _mlp_implicit_problem(prox, 0.0, 800, lr)
+
+        @jax.jit
+        def query_loss_at_the_solution(theta):
+            # argmin_phi support_loss(phi) + prox/2 ||phi - theta||^2, by plain gradient descent written out here
+            step = lambda _, phi: phi - lr * (jax.grad(support_loss)(phi) + prox * (phi - theta))
+            return query_loss(jax.lax.fori_loop(0, 2000, step, theta))
+
+        numeric = _finite_difference(lambda v: float(query_loss_at_the_solution(v)), np.asarray(flat), eps=1e-5)
+        analytic = jax.flatten_util.ravel_pytree(
+            jax.jit(jax.grad(lambda p: learner.loss(p, episode, None)[0]))(params)
+        )[0]
+        np.testing.assert_allclose(analytic, numeric, rtol=1e-4, atol=1e-7)
+
+
+def test_implicit_damping_must_be_non_negative():
+    with pytest.raises(ValueError, match=r"Implicit.damping must be a non-negative number, got -1.0"):
+        metajax.Implicit(damping=-1.0)
+
+
 def test_inner_loop_with_adam_optimizer_is_differentiable():
     task = tasks.Sinusoid(shots=5)
     episode = one_task(task)

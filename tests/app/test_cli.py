@@ -2,6 +2,7 @@
 
 import json
 
+import jax
 import numpy as np
 import pytest
 
@@ -99,6 +100,7 @@ def test_resnet12_backbone_is_built(tmp_path):
     args = cli.build_parser().parse_args(
         ["train", "--algo", "protonet", "--task", "omniglot", "--backbone", "resnet12", "--out", str(tmp_path)]
     )
+    cli._fill_defaults(args)
     learner = cli.build_learner(args, ways=5)
     assert type(learner.embed).__name__ == "ResNet12" and learner.ways == 5
 
@@ -114,6 +116,72 @@ def test_eval_reproduces_the_runs_evaluation_from_its_checkpoint(tmp_path):
     np.testing.assert_allclose(evaluated["eval"]["mse"]["mean"], trained["mse"]["mean"], rtol=1e-6)
     with pytest.raises(SystemExit, match="holds no checkpoints/ folder"):
         cli.main(["eval", str(tmp_path)])
+
+
+def test_learners_are_evaluated_with_their_protocols_steps_and_warned_past_their_trained_ones(tmp_path, capsys):
+    out = tmp_path / "metasgd"
+    assert cli.main(tiny_sinusoid_run(out, "metasgd", "--eval-tasks 4")) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["config"]["eval_steps"] == 1 and len(metrics["eval"]["mse"]["mean"]) == 2  # its one learned step
+    assert "warning" not in capsys.readouterr().err
+    assert cli.main(["eval", str(out), "--eval-tasks", "4", "--eval-steps", "10"]) == 0
+    warning = "metajax: warning: --algo metasgd was trained with --inner-steps 1 but is evaluated with --eval-steps 10"
+    assert warning in capsys.readouterr().err
+    out = tmp_path / "maml"  # MAML's protocol: 10 test steps after training with one, no warning
+    assert cli.main(tiny_sinusoid_run(out, "maml", "--eval-tasks 4")) == 0
+    assert len(json.loads((out / "metrics.json").read_text())["eval"]["mse"]["mean"]) == 11
+    assert "warning" not in capsys.readouterr().err
+
+
+def test_test_query_sets_the_test_episodes_and_eval_reads_or_replaces_it(tmp_path):
+    import optax
+
+    import metajax
+    from metajax.checkpoint import Checkpointer
+
+    out = tmp_path / "run"
+    assert cli.main(tiny_sinusoid_run(out, "maml", "--query 3 --test-query 7 --eval-tasks 4 --eval-steps 1")) == 0
+    trained = json.loads((out / "metrics.json").read_text())
+    assert (trained["config"]["query"], trained["config"]["test_query"]) == (3, 7)
+    assert cli.main(["eval", str(out), "--eval-tasks", "4"]) == 0  # the run's test episodes
+    evaluated = json.loads((out / "eval.json").read_text())
+    assert evaluated["config"]["test_query"] == 7
+    np.testing.assert_allclose(evaluated["eval"]["mse"]["mean"], trained["eval"]["mse"]["mean"], rtol=1e-6)
+    assert cli.main(["eval", str(out), "--eval-tasks", "4", "--test-query", "9"]) == 0
+    evaluated = json.loads((out / "eval.json").read_text())
+    # the reference: the library's evaluation of the checkpoint on tasks with 9 query points
+    learner = metajax.MAML(metajax.models.MLP(hidden=(40, 40), out=1), inner_lr=0.01, inner_steps=1)
+    train_task, test_task = metajax.tasks.Sinusoid(shots=5, queries=3), metajax.tasks.Sinusoid(shots=5, queries=9)
+    like = metajax.init_state(learner, train_task, optax.adam(1e-3), jax.random.key(0))
+    checkpointer = Checkpointer(out / "checkpoints", every=1)
+    state, _ = checkpointer.restore(like=like)
+    checkpointer.close()
+    key = jax.random.split(jax.random.key(0))[1]  # the run's test key (seed 0)
+    expected = metajax.evaluate(learner, state.params, test_task, key=key, num_tasks=4, num_steps=1)
+    assert evaluated["config"]["test_query"] == 9
+    np.testing.assert_allclose(evaluated["eval"]["mse"]["mean"], expected["mse"]["mean"], rtol=1e-6)
+
+
+def test_test_query_of_image_tasks_is_checked_against_the_examples_per_class(tmp_path, monkeypatch):
+    from metajax import tasks
+    from metajax.tasks.fewshot import Benchmark
+
+    def benchmark(name, *, ways, shots, queries, root):  # 10 classes of 20 blank images, for the shapes only
+        split = tasks.FewShot(np.zeros((10, 20, 4, 4, 1), np.uint8), ways=ways, shots=shots, queries=queries)
+        return Benchmark(split, None, split)
+
+    monkeypatch.setattr(tasks, "benchmark", benchmark)
+    parse = cli.build_parser().parse_args
+    args = parse(["train", "--task", "omniglot", "--shots", "1", "--query", "2", "--test-query", "15", "--out", "x"])
+    cli._fill_defaults(args)
+    train_task, test_task = cli.build_tasks(args)
+    assert (train_task.queries, test_task.queries) == (2, 15)
+    args = parse(["train", "--task", "omniglot", "--shots", "1", "--test-query", "20", "--out", "x"])
+    cli._fill_defaults(args)
+    with pytest.raises(
+        SystemExit, match=r"--test-query 20: shots \+ queries must be at most the 20 examples per class"
+    ):
+        cli.build_tasks(args)
 
 
 def test_tensorboard_events_hold_the_logged_scalars(tmp_path):

@@ -34,6 +34,16 @@ def _fails(argv, capsys) -> str:
         (["eval", "run", "--eval-tasks", "0"], "metajax eval: --eval-tasks must be at least 2, got 0."),
         (["eval", "run", "--eval-steps", "-1"], "metajax eval: --eval-steps must be non-negative, got -1."),
         (["eval", "run", "--seed", "-5"], "metajax eval: --seed must be in [0, 2**32)"),
+        (["eval", "run", "--test-query", "0"], "metajax eval: --test-query must be a positive integer, got 0."),
+        (["train", "--test-query", "0"], "metajax train: --test-query must be a positive integer, got 0."),
+        (
+            ["train", "--algo", "imaml", "--imaml-cg-damping", "-1"],
+            "metajax train: --imaml-cg-damping must be non-negative (0: off), got -1.0.",
+        ),
+        (
+            ["train", "--algo", "imaml", "--imaml-inner-clip", "-2"],
+            "metajax train: --imaml-inner-clip must be non-negative (0: off), got -2.0.",
+        ),
         (["continual", "--mixture", "nan", "0.5", "0.5"], "continual: --mixture must be a finite number, got nan"),
         (["continual", "--ood-tasks", "-3"], "metajax continual: --ood-tasks must be a non-negative integer, got -3."),
     ],
@@ -51,6 +61,8 @@ def test_bad_values_are_one_line(argv, message, capsys):
         (["--ways", "5"], "--ways does not apply to --task sinusoid"),
         (["--imaml-prox", "2"], "--imaml-prox applies to --algo imaml only, not --algo maml."),
         (["--algo", "reptile", "--imaml-cg-steps", "3"], "--imaml-cg-steps applies to --algo imaml only"),
+        (["--algo", "anil", "--imaml-cg-damping", "1"], "--imaml-cg-damping applies to --algo imaml only"),
+        (["--imaml-inner-clip", "1"], "--imaml-inner-clip applies to --algo imaml only, not --algo maml."),
         (
             ["--task", "omniglot", "--backbone", "resnet12", "--filters", "8"],
             "--filters sets the width of Conv4; --backbone resnet12 has fixed widths.",

@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from metajax._checks import check_positive, check_positive_int
+from metajax._checks import check_non_negative, check_positive, check_positive_int
 
 Params = Any
 LossFn = Callable[[Params, Any], tuple[jax.Array, Any]]
@@ -81,17 +81,30 @@ class FirstOrder(MetaGradient):
 class Implicit(MetaGradient):
     """Implicit meta-gradient of the proximal inner problem (iMAML, Rajeswaran et al., 2019).
 
+    The meta-gradient is ``(I + H / (prox + damping))^-1 g``, with ``H`` the support-loss
+    Hessian at the inner solution and ``g`` the query gradient there. Without damping that
+    system is indefinite wherever ``H`` has curvature below ``-prox`` (a small network's
+    support loss often does), and its solution then amplifies or reverses ``g``;
+    ``damping`` keeps it positive definite down to ``-(prox + damping)``. It is the exact
+    implicit gradient of a proximal problem of strength ``prox + damping``, and tends to
+    the first-order meta-gradient as ``damping`` grows.
+
     Attributes:
-        prox: strength ``lambda`` of the proximal term ``lambda/2 ||phi - theta||^2``.
-        cg_steps: conjugate-gradient iterations for ``(H + lambda I) x = g``.
+        prox: strength ``lambda`` of the proximal term ``lambda/2 ||phi - theta||^2`` that
+            the inner optimizer descends on.
+        cg_steps: conjugate-gradient iterations for ``(H + (prox + damping) I) x = g``.
+        damping: added to ``prox`` in the implicit-gradient system only (the inner problem
+            keeps ``prox``); ``>= 0``.
     """
 
     prox: float = 1.0
     cg_steps: int = 5
+    damping: float = 0.0
 
     def __post_init__(self):
         check_positive("Implicit.prox", self.prox)
         check_positive_int("Implicit.cg_steps", self.cg_steps)
+        check_non_negative("Implicit.damping", self.damping)
 
     def loop(self, loss_fn, params, data, optimizer, num_steps, *, per_step, track, remat):
         """Descend on the proximal problem from ``theta`` untracked; attach the implicit gradient of its solution."""
@@ -107,7 +120,9 @@ class Implicit(MetaGradient):
             return jax.tree.map(lambda gi, p, t: gi + self.prox * (p - t), g, phi, theta), None
 
         phi, tracked = _descend(proximal_grad, theta, optimizer, num_steps, None, True, track, remat)
-        phi = _implicit_solution(loss_fn, self.prox, self.cg_steps, params, jax.lax.stop_gradient(phi), data)
+        phi = _implicit_solution(
+            loss_fn, self.prox + self.damping, self.cg_steps, params, jax.lax.stop_gradient(phi), data
+        )
         return phi, tracked
 
 
@@ -201,7 +216,10 @@ def optimize(
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
 def _implicit_solution(loss_fn, prox, cg_steps, theta, phi, data):
-    """``phi``, the proximal solution; the VJP sends ``prox (H + prox I)^-1 g`` to ``theta``."""
+    """``phi``, the proximal solution; the VJP sends ``prox (H + prox I)^-1 g`` to ``theta``.
+
+    ``prox`` here is the strength of the system (``Implicit.prox + Implicit.damping``).
+    """
     del loss_fn, prox, cg_steps, theta, data
     return phi
 

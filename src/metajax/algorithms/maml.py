@@ -11,7 +11,7 @@ import jax
 import optax
 
 from metajax import losses
-from metajax._checks import check_positive, check_positive_int
+from metajax._checks import check_non_negative, check_positive, check_positive_int
 from metajax.algorithms.inner import (
     FirstOrder,
     Implicit,
@@ -109,9 +109,15 @@ class MAML:
         )
 
 
-def _maml_like(spec: Spec, meta_gradient: MetaGradient) -> MAML:
+def _maml_like(
+    spec: Spec, meta_gradient: MetaGradient, inner_optimizer: optax.GradientTransformation | None = None
+) -> MAML:
     return MAML(
-        spec.network(spec.outputs), inner_lr=spec.inner_lr, inner_steps=spec.inner_steps, meta_gradient=meta_gradient
+        spec.network(spec.outputs),
+        inner_lr=spec.inner_lr,
+        inner_steps=spec.inner_steps,
+        meta_gradient=meta_gradient,
+        inner_optimizer=inner_optimizer,
     )
 
 
@@ -128,6 +134,12 @@ def _fomaml(spec: Spec) -> MAML:
 
 
 @register("imaml", family="gradient")
-def _imaml(spec: Spec, *, prox: float = 1.0, cg_steps: int = 5) -> MAML:
-    """iMAML: the implicit meta-gradient with proximal strength ``prox`` and ``cg_steps`` CG steps."""
-    return _maml_like(spec, Implicit(prox, cg_steps))
+def _imaml(
+    spec: Spec, *, prox: float = 1.0, cg_steps: int = 5, cg_damping: float = 1000.0, inner_clip: float = 100.0
+) -> MAML:
+    """iMAML: ``Implicit(prox, cg_steps, cg_damping)``; ``inner_clip > 0`` clips each inner gradient's global norm."""
+    check_non_negative("inner_clip", inner_clip)
+    inner = optax.sgd(spec.inner_lr)
+    if inner_clip:
+        inner = optax.chain(optax.clip_by_global_norm(inner_clip), inner)
+    return _maml_like(spec, Implicit(prox, cg_steps, cg_damping), inner)

@@ -26,6 +26,7 @@ from metajax.app.errors import (
     check_seed,
     flag,
     run_command,
+    warn,
 )
 from metajax.app.runs import (
     JsonLines,
@@ -74,6 +75,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="query examples per task (sinusoid, default: --shots) or per class (default 15)",
     )
+    t.add_argument(
+        "--test-query",
+        type=int,
+        default=None,
+        help="query examples per test episode, per task or per class (default: --query; the papers use 15 per class)",
+    )
     # The flags of some tasks or learners only default to None, so that giving one elsewhere is refused.
     t.add_argument("--ways", type=int, default=None, help="classes per test episode (image tasks; default 5)")
     t.add_argument("--train-ways", type=int, default=None, help="classes per training episode (default: --ways)")
@@ -83,7 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--filters", type=int, default=None, help="Conv4 filters (default: 64 Omniglot, 32 miniImageNet MAML)"
     )
     t.add_argument("--meta-batch", type=int, default=None, help="tasks per meta-step (default 25; 20 on nav2d)")
-    t.add_argument("--inner-steps", type=int, default=1, help="inner steps during meta-training (default 1)")
+    t.add_argument(
+        "--inner-steps", type=int, default=None, help="inner steps during meta-training (default 1; imaml 10)"
+    )
     t.add_argument("--inner-lr", type=float, default=None, help="inner SGD step size (default 0.01; 0.1 on nav2d)")
     t.add_argument("--meta-lr", type=float, default=1e-3, help="Adam step size of the outer loop (default 1e-3)")
     t.add_argument("--lr-decay-every", type=int, default=None, help="halve the meta step size every N steps")
@@ -93,7 +102,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", type=Path, required=True, help="output directory (refused if it holds another run)")
     t.add_argument("--eval-tasks", type=int, default=600, help="new tasks at meta-test (default 600)")
     t.add_argument(
-        "--eval-steps", type=int, default=None, help="inner steps at meta-test (default 10; 3 on Omniglot, nav2d)"
+        "--eval-steps",
+        type=int,
+        default=None,
+        help=f"inner steps at meta-test (default: --inner-steps for {', '.join(TRAINED_STEPS_AT_TEST)}; "
+        "else 10, 3 on Omniglot and nav2d)",
     )
     t.add_argument(
         "--feat-contrastive",
@@ -103,6 +116,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     t.add_argument("--imaml-prox", type=float, default=None, help="iMAML proximal strength lambda (default 1.0)")
     t.add_argument("--imaml-cg-steps", type=int, default=None, help="iMAML conjugate-gradient steps (default 5)")
+    t.add_argument(
+        "--imaml-cg-damping",
+        type=float,
+        default=None,
+        help="added to lambda in iMAML's implicit-gradient system (I + H/(lambda + damping)) v = g (default 1000)",
+    )
+    t.add_argument(
+        "--imaml-inner-clip",
+        type=float,
+        default=None,
+        help="clip each iMAML inner gradient to this global norm (default 100; 0: off)",
+    )
     t.add_argument(
         "--steps-per-call", type=int, default=None, help="meta-steps per dispatch (default: 100 for sinusoid)"
     )
@@ -140,6 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("run", type=Path, help="the --out folder of a metajax train run")
     e.add_argument("--eval-tasks", type=int, default=600, help="new tasks (default 600)")
     e.add_argument("--eval-steps", type=int, default=None, help="inner steps (default: the run's)")
+    e.add_argument("--test-query", type=int, default=None, help="query examples per test episode (default: the run's)")
     e.add_argument("--data-root", type=Path, default=None, help="dataset folder (default: the run's, or $METAJAX_DATA)")
     e.add_argument("--seed", type=int, default=None, help="PRNG seed of the test tasks (default: the run's)")
     e.add_argument("--step", type=int, default=None, help="the checkpoint of this meta-step (default: the newest)")
@@ -181,7 +207,13 @@ def build_learner(args: argparse.Namespace, ways: int | None = None):
         inner_lr=args.inner_lr,
         inner_steps=args.inner_steps,
     )
-    options = dict(prox=args.imaml_prox, cg_steps=args.imaml_cg_steps, contrastive=args.feat_contrastive)
+    options = dict(
+        prox=args.imaml_prox,
+        cg_steps=args.imaml_cg_steps,
+        cg_damping=args.imaml_cg_damping,
+        inner_clip=args.imaml_inner_clip,
+        contrastive=args.feat_contrastive,
+    )
     return registry.build(args.algo, spec, **options)
 
 
@@ -194,20 +226,45 @@ def build_tasks(args: argparse.Namespace):
     if args.task in rl_app.TASKS:
         task = rl_app.build(args)[0]
         return task, task
+    test_query = args.query if args.test_query is None else args.test_query
     if args.task == "sinusoid":
-        task = tasks.Sinusoid(shots=args.shots, queries=args.query)
-        return task, task
+        train = tasks.Sinusoid(shots=args.shots, queries=args.query)
+        return train, dataclasses.replace(train, queries=test_query)
     query = 15 if args.query is None else args.query
     bench = tasks.benchmark(args.task, ways=args.ways, shots=args.shots, queries=query, root=args.data_root)
     train_ways = args.train_ways or args.ways
-    return dataclasses.replace(bench.train, ways=train_ways), bench.test
+    test = bench.test
+    if test_query is not None:
+        try:
+            test = dataclasses.replace(bench.test, queries=test_query)
+        except ValueError as error:  # its message names the task's queries, which --query also sets
+            raise CommandError(f"--test-query {test_query}: {error}") from error
+    return dataclasses.replace(bench.train, ways=train_ways), test
 
 
 # Flags that set only image tasks, only iMAML; their defaults once they are known to apply.
 IMAGE_FLAGS = ("ways", "train_ways", "data_root", "backbone", "filters")
 # Flags of one learner's own options: refused with any other --algo.
-LEARNER_FLAGS = {"imaml": ("imaml_prox", "imaml_cg_steps"), "feat": ("feat_contrastive",)}
-DEFAULTS = {"ways": 5, "backbone": "conv4", "imaml_prox": 1.0, "imaml_cg_steps": 5, "feat_contrastive": 0.0}
+IMAML_FLAGS = ("imaml_prox", "imaml_cg_steps", "imaml_cg_damping", "imaml_inner_clip")
+LEARNER_FLAGS = {"imaml": IMAML_FLAGS, "feat": ("feat_contrastive",)}
+DEFAULTS = {
+    "ways": 5,
+    "backbone": "conv4",
+    "inner_steps": 1,
+    "imaml_prox": 1.0,
+    "imaml_cg_steps": 5,
+    "imaml_cg_damping": 1000.0,
+    "imaml_inner_clip": 100.0,
+    "feat_contrastive": 0.0,
+}
+# Where a learner's default differs from DEFAULTS: iMAML's implicit gradient is that of the
+# proximal problem's solution, which one inner step does not approach.
+ALGO_DEFAULTS = {"imaml": {"inner_steps": 10}}
+# Learners whose protocol tests with the inner steps they were trained with: Meta-SGD's step
+# sizes are learned for those steps, ANIL's head overshoots past them, iMAML trains on the
+# inner solution they reach. The others follow MAML's protocol (10 test steps on sinusoid, 3
+# on Omniglot, after training with fewer).
+TRAINED_STEPS_AT_TEST = ("metasgd", "anil", "imaml")
 # The supervised defaults of the flags whose RL defaults differ (rl_app.DEFAULTS).
 SUPERVISED_DEFAULTS = {"inner_lr": 0.01, "meta_batch": 25, "steps": 70000, "log_every": 1000}
 
@@ -220,8 +277,8 @@ def _check_args(args: argparse.Namespace) -> None:
     check_seed(args.seed)
     trained = args.algo not in rl_app.UNTRAINED  # the random baseline takes 0 meta-steps
     check_positive_ints(args, ("shots", "meta_batch", "inner_steps", *(("steps",) if trained else ()), "log_every"))
-    optional = ("query", "ways", "train_ways", "steps_per_call", "filters", "lr_decay_every", "imaml_cg_steps")
-    check_positive_ints(args, optional, optional=True)
+    optional = ("query", "test_query", "ways", "train_ways", "steps_per_call", "filters", "lr_decay_every")
+    check_positive_ints(args, (*optional, "imaml_cg_steps"), optional=True)
     check_eval(args)
     if args.checkpoint_every is not None and args.checkpoint_every < 0:
         raise CommandError(f"--checkpoint-every must be non-negative, got {args.checkpoint_every}.")
@@ -235,6 +292,10 @@ def _check_args(args: argparse.Namespace) -> None:
         value = getattr(args, name)
         if value is not None and not value > 0:
             raise CommandError(f"{flag(name)} must be positive, got {value}.")
+    for name in ("imaml_cg_damping", "imaml_inner_clip"):
+        value = getattr(args, name)
+        if value is not None and not value >= 0:
+            raise CommandError(f"{flag(name)} must be non-negative (0: off), got {value}.")
     launch.check(args)
     launch.join(args)
     if launch.is_primary(args):
@@ -271,7 +332,7 @@ def _fill_defaults(args: argparse.Namespace) -> None:
     if args.task in rl_app.TASKS:
         rl_app.fill_defaults(args)
         return
-    for name, value in {**DEFAULTS, **SUPERVISED_DEFAULTS}.items():
+    for name, value in {**DEFAULTS, **SUPERVISED_DEFAULTS, **ALGO_DEFAULTS.get(args.algo, {})}.items():
         if getattr(args, name) is None:
             setattr(args, name, value)
 
@@ -300,13 +361,31 @@ def _prepare(args: argparse.Namespace) -> _Run:
     metric = args.algo in METRIC_ALGORITHMS
     test_learner = build_learner(args, test_task.ways) if metric else learner
     steps_per_call = args.steps_per_call or (100 if args.task == "sinusoid" else 1)
-    eval_steps = args.eval_steps if args.eval_steps is not None else (3 if args.task == "omniglot" else 10)
+    eval_steps = args.eval_steps if args.eval_steps is not None else protocol_eval_steps(args)
+    warn_past_training(args, eval_steps)
     task_batching = resolve_task_batching(learner, train_task, args.task_batching)
     meta_lr = args.meta_lr
     if args.lr_decay_every:
         meta_lr = optax.exponential_decay(args.meta_lr, args.lr_decay_every, 0.5, staircase=True)
     optimizer = optax.adam(meta_lr)
     return _Run(train_task, test_task, learner, test_learner, optimizer, steps_per_call, eval_steps, task_batching)
+
+
+def protocol_eval_steps(args: argparse.Namespace) -> int:
+    """The test-time inner steps of ``--algo``'s protocol: its trained ones, or MAML's 10 (3 on Omniglot)."""
+    if args.algo in TRAINED_STEPS_AT_TEST:
+        return args.inner_steps
+    return 3 if args.task == "omniglot" else 10
+
+
+def warn_past_training(args: argparse.Namespace, eval_steps: int) -> None:
+    """Warn on stderr when a learner of :data:`TRAINED_STEPS_AT_TEST` is evaluated past its trained inner steps."""
+    if args.algo in TRAINED_STEPS_AT_TEST and eval_steps > args.inner_steps:
+        warn(
+            f"--algo {args.algo} was trained with --inner-steps {args.inner_steps} but is evaluated with "
+            f"--eval-steps {eval_steps}; past the steps it was trained for its adaptation may overshoot "
+            f"(its protocol tests with {args.inner_steps})."
+        )
 
 
 def _eval_key(seed: int):
@@ -329,8 +408,8 @@ def _evaluate(run: _Run, params, key, num_tasks: int) -> dict:
 # meta-batch) define what is learned and are refused.
 RESUMABLE = (
     "out", "steps", "time_limit", "no_progress", "log_every", "checkpoint_every",
-    "tensorboard", "steps_per_call", "task_batching", "eval_tasks", "eval_steps", "data_root", "config",
-    *launch.RESUMABLE,
+    "tensorboard", "steps_per_call", "task_batching", "eval_tasks", "eval_steps", "test_query", "data_root",
+    "config", *launch.RESUMABLE,
 )  # fmt: skip
 
 
@@ -422,6 +501,7 @@ def eval_command(args: argparse.Namespace) -> dict:
     """Run ``metajax eval RUN``: evaluate a run's newest checkpoint; returns what it writes to ``RUN/eval.json``."""
     check_eval(args)
     check_seed(args.seed)
+    check_positive_ints(args, ("test_query",), optional=True)
     import jax
 
     from metajax.checkpoint import Checkpointer
@@ -438,10 +518,9 @@ def eval_command(args: argparse.Namespace) -> dict:
             if hasattr(train_args, name):
                 setattr(train_args, name, Path(value) if name in ("out", "data_root", "resume") and value else value)
         _fill_defaults(train_args)  # a record holds every setting; older ones may lack newer flags
-        if args.eval_steps is not None:
-            train_args.eval_steps = args.eval_steps
-        if args.data_root is not None:
-            train_args.data_root = args.data_root
+        for name in ("eval_steps", "test_query", "data_root"):
+            if getattr(args, name) is not None:
+                setattr(train_args, name, getattr(args, name))
     finally:
         checkpointer.close()
     run = _prepare(train_args)
@@ -449,7 +528,13 @@ def eval_command(args: argparse.Namespace) -> dict:
     state, _ = _restore_newest(args.run, like, args.step)
     seed = train_args.seed if args.seed is None else args.seed
     result = {
-        "config": {**record, "eval_tasks": args.eval_tasks, "eval_steps": run.eval_steps, "seed": seed},
+        "config": {
+            **record,
+            "eval_tasks": args.eval_tasks,
+            "eval_steps": run.eval_steps,
+            "test_query": train_args.test_query,
+            "seed": seed,
+        },
         "checkpoint_step": int(state.step),
         "machine": machine(),
         "eval": _evaluate(run, state.params, _eval_key(seed), args.eval_tasks),
@@ -470,7 +555,7 @@ def _newest_record(checkpointer, step: int | None) -> dict:
         try:
             return checkpointer.record(candidate)
         except RuntimeError as error:  # CorruptCheckpointError
-            print(f"metajax: warning: {error} Trying the checkpoint before it.", file=sys.stderr)
+            warn(f"{error} Trying the checkpoint before it.")
     try:
         return checkpointer.record(oldest)
     except RuntimeError as error:

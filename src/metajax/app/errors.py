@@ -41,6 +41,8 @@ FLAGS: dict[str, dict[str, str]] = {
         "prox": "--imaml-prox",
         "contrastive": "--feat-contrastive",
         "cg_steps": "--imaml-cg-steps",
+        "cg_damping": "--imaml-cg-damping",
+        "inner_clip": "--imaml-inner-clip",
     },
     "eval": {
         "num_tasks": "--eval-tasks",
@@ -138,6 +140,11 @@ def run_command(command: str, body: Callable[[], T], debug: bool = False) -> T:
     line = f"metajax {command}: {line}"
     print(line, file=sys.stderr)
     raise CommandError(line, code)
+
+
+def warn(message: str) -> None:
+    """A command's warning: one line ``metajax: warning: message`` on stderr; the command goes on."""
+    print(f"metajax: warning: {message}", file=sys.stderr)
 
 
 # ----------------------------------------------------------------------------- argument checks

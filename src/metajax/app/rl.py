@@ -25,6 +25,7 @@ MAML_FLAGS = ("estimator", "first_order")
 # task and step, inner step size 0.1, horizon 100, evaluated after up to 3 steps.
 DEFAULTS = {
     "inner_lr": 0.1,
+    "inner_steps": 1,
     "meta_batch": 20,
     "steps": 500,
     "log_every": 10,
