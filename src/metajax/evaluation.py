@@ -101,3 +101,48 @@ def confidence_interval(values: Any) -> tuple[np.ndarray, np.ndarray]:
     if values.shape[0] < 2:
         raise ValueError(f"confidence_interval needs at least 2 samples, got {values.shape[0]}.")
     return values.mean(0), 1.96 * values.std(0, ddof=1) / math.sqrt(values.shape[0])
+
+
+def t_quantile(p: float, df: int) -> float:
+    """The ``p`` quantile (``0.5 < p < 1``) of Student's t distribution with ``df`` degrees of freedom.
+
+    By bisection on its CDF, integrated numerically (Simpson's rule over the density written
+    with ``lgamma``), so no statistics package is needed; accurate to about 1e-6.
+    """
+    if not 0.5 < p < 1:
+        raise ValueError(f"p must be in (0.5, 1), got {p}.")
+    check_positive_int("df", df)
+    log_norm = math.lgamma((df + 1) / 2) - math.lgamma(df / 2) - 0.5 * math.log(df * math.pi)
+
+    def cdf(t: float) -> float:  # t >= 0; x = atan-spaced nodes keep the heavy tail of df = 1 accurate
+        u = np.linspace(0.0, math.atan(t), 4001)
+        x = np.tan(u)
+        density = np.exp(log_norm - (df + 1) / 2 * np.log1p(x**2 / df)) * (1 + x**2)  # dx = (1 + x^2) du
+        h = u[1] - u[0]
+        return 0.5 + h / 3 * (density[0] + density[-1] + 4 * density[1:-1:2].sum() + 2 * density[2:-1:2].sum())
+
+    low, high = 0.0, 1.0
+    while cdf(high) < p:
+        low, high = high, 2 * high
+    for _ in range(60):
+        mid = (low + high) / 2
+        low, high = (mid, high) if cdf(mid) < p else (low, mid)
+    return (low + high) / 2
+
+
+def seed_interval(values: Any) -> dict[str, list[float]]:
+    """Mean, standard deviation and Student-t 95% half-width across seeds (the first axis).
+
+    Args:
+        values: ``[seeds, ...]`` one value per seed (``seeds >= 2``), e.g. each seed's mean accuracy.
+
+    Returns:
+        ``{"mean", "std", "ci95"}``, each a list over ``values.shape[1:]`` (flattened).
+    """
+    values = np.asarray(values, np.float64)
+    if values.ndim < 1 or values.shape[0] < 2:
+        raise ValueError(f"seed_interval needs at least 2 seeds, got shape {values.shape}.")
+    n = values.shape[0]
+    std = values.std(0, ddof=1)
+    ci95 = t_quantile(0.975, n - 1) * std / math.sqrt(n)
+    return {k: np.ravel(v).tolist() for k, v in (("mean", values.mean(0)), ("std", std), ("ci95", ci95))}

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, NamedTuple, cast
 
 from metajax import learner as registry
-from metajax.app import bench, continual, launch, plot
+from metajax.app import bench, continual, launch, plot, seeds
 from metajax.app import config as config_file
 from metajax.app import rl as rl_app
 from metajax.app.errors import (
@@ -99,6 +99,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--steps", type=int, default=None, help="meta-steps (default 70000; 500 on nav2d)")
     t.add_argument("--time-limit", type=float, default=None, help="stop meta-training after this many minutes")
     t.add_argument("--seed", type=int, default=0, help="PRNG seed in [0, 2**32) (default 0)")
+    t.add_argument(
+        "--seeds",
+        type=seeds.parse,
+        default=None,
+        help="one run per seed (0,1,2) in OUT/seed-S; OUT/metrics.json aggregates them across seeds",
+    )
     t.add_argument("--out", type=Path, required=True, help="output directory (refused if it holds another run)")
     t.add_argument("--eval-tasks", type=int, default=600, help="new tasks at meta-test (default 600)")
     t.add_argument(
@@ -600,11 +606,12 @@ def _summary_line(result: dict) -> str:
     if len(ev[metric]["mean"]) == 1:
         shown = [0]
     parts = [f"step {s}: {ev[metric]['mean'][s]:.4f} +- {ev[metric]['ci95'][s]:.4f}" for s in shown]
-    return f"{metric} on {ev['num_tasks']} new tasks, " + ", ".join(parts)
+    over = f" (mean of {ev['num_seeds']} seeds, t-interval across them)" if "num_seeds" in ev else ""
+    return f"{metric} on {ev['num_tasks']} new tasks{over}, " + ", ".join(parts)
 
 
 def _train(args: argparse.Namespace) -> int:
-    result = train_command(args)
+    result = seeds.run(args, train_command) if args.seeds else train_command(args)
     if launch.is_primary(args):  # the other processes of a multi-host run write nothing
         print(_summary_line(result))
         print(f"wrote {args.out / 'metrics.json'}")

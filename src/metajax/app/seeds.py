@@ -1,0 +1,70 @@
+"""``metajax train --seeds 0,1,2``: one run per seed, their evaluations aggregated across seeds.
+
+Each seed is a complete run of its own in ``OUT/seed-<s>`` (``metrics.json``, log,
+checkpoints). ``OUT/metrics.json`` then holds, per adaptation step, the mean over seeds of
+each seed's mean metric, its standard deviation and the Student-t 95% interval across seeds
+(what papers that report several seeds give), and each seed's figures. ``--resume OUT``
+continues each seed from its newest checkpoint (a finished one is only evaluated again)
+and starts the seeds that have none.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Callable
+
+from metajax.app.errors import SEED_BOUND, CommandError
+from metajax.app.runs import check_out, claim, machine, settings, write_json_atomic
+
+
+def parse(text: str) -> list[int]:
+    """``--seeds``: comma-separated distinct seeds in ``[0, 2**32)``, at least two."""
+    try:
+        seeds = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers such as 0,1,2, got {text!r}") from None
+    if len(seeds) < 2 or len(set(seeds)) < len(seeds) or not all(0 <= s < SEED_BOUND for s in seeds):
+        raise argparse.ArgumentTypeError(f"expected at least two distinct seeds in [0, 2**32), got {text!r}")
+    return seeds
+
+
+def run(args: argparse.Namespace, train: Callable[[argparse.Namespace], dict]) -> dict:
+    """Train one run per ``args.seeds`` with ``train`` (``metajax train``'s command); returns the aggregate."""
+    from metajax.evaluation import seed_interval
+
+    if args.seed != 0:
+        raise CommandError(f"--seed {args.seed} and --seeds both set the seed; pass one of them.")
+    out = args.out
+    check_out(out, args.resume, args.overwrite)
+    claim(out, overwrite=False)  # the seeds' own runs remove their files with --overwrite
+    results, t0 = {}, time.perf_counter()
+    for seed in args.seeds:
+        one = argparse.Namespace(**{**vars(args), "seed": seed, "seeds": None, "out": out / f"seed-{seed}"})
+        earlier = None if args.resume is None else args.resume / f"seed-{seed}"
+        one.resume = earlier if earlier is not None and (earlier / "checkpoints").is_dir() else None
+        results[seed] = train(one)
+    seconds = time.perf_counter() - t0
+    first = results[args.seeds[0]]["eval"]
+    metrics = [k for k, v in first.items() if isinstance(v, dict) and "mean" in v]
+    summary = {
+        k: {
+            **seed_interval([results[s]["eval"][k]["mean"] for s in args.seeds]),
+            "per_seed": {str(s): results[s]["eval"][k]["mean"] for s in args.seeds},
+        }
+        for k in metrics
+    }
+    result = {
+        "config": {**settings(args), "seeds": args.seeds},
+        "machine": machine(),
+        "runs": {str(s): f"seed-{s}" for s in args.seeds},
+        "train": {"seconds": seconds, "steps": {str(s): results[s]["train"]["steps"] for s in args.seeds}},
+        "eval": {
+            **summary,
+            "num_seeds": len(args.seeds),
+            "num_tasks": first["num_tasks"],
+            "num_steps": first["num_steps"],
+        },
+    }
+    write_json_atomic(out / "metrics.json", result)
+    return result
