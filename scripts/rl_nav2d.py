@@ -10,6 +10,7 @@ from it::
     metajax train --task nav2d --algo random --eval-tasks 100 --out runs/nav2d/random
     python scripts/rl_nav2d.py collect runs/nav2d --note "..." > docs/results/nav2d-cpu.json
     python scripts/rl_nav2d.py table docs/results/nav2d-cpu.json
+    python scripts/rl_nav2d.py plot docs/results/nav2d-cpu.json docs/nav2d-return.png
 """
 
 from __future__ import annotations
@@ -79,6 +80,15 @@ def table(result: dict) -> str:
     return "\n".join(lines)
 
 
+def plot(result: dict, path: Path) -> None:
+    """Return against adaptation steps, one line and 95% band per learner (MAML's Figure 5, left)."""
+    from metajax.plots import plot_adaptation
+
+    runs = result["runs"]
+    names = [n for n in LABELS if n in runs] + [n for n in runs if n not in LABELS]
+    plot_adaptation({LABELS.get(n, n): runs[n]["eval"] for n in names}, path, title="2D navigation, new tasks")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -87,11 +97,17 @@ def main() -> None:
     c.add_argument("--note", default="", help="how the runs were made (commands, machine load, wall time)")
     t = sub.add_parser("table", help="print the markdown table of a collected JSON file")
     t.add_argument("json", type=Path)
+    f = sub.add_parser("plot", help="draw return against adaptation steps from a collected JSON file")
+    f.add_argument("json", type=Path)
+    f.add_argument("png", type=Path)
     args = parser.parse_args()
     if args.command == "collect":
         print(json.dumps(collect(args.runs, args.note), indent=2))
-    else:
+    elif args.command == "table":
         print(table(json.loads(args.json.read_text())))
+    else:
+        plot(json.loads(args.json.read_text()), args.png)
+        print(f"wrote {args.png}")
 
 
 if __name__ == "__main__":

@@ -104,6 +104,8 @@ def test_nav2d_script_collects_the_runs_and_prints_the_readme_table(four_steps, 
     assert lines[0].startswith("| learner | meta-steps |") and lines[0].endswith("| after 3 steps |")
     mean = collected["runs"]["maml-rl"]["eval"]["return"]["mean"][0]
     assert lines[2].startswith("| MAML-RL (DiCE, second order) | 4 |") and f"{mean:.1f} +- " in lines[2]
+    run("plot", str(tmp_path / "nav2d.json"), str(tmp_path / "return.png"))
+    assert (tmp_path / "return.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_the_readme_table_is_the_committed_json_s():
