@@ -1,5 +1,8 @@
 """Task distributions: ``sample(key, num_tasks) -> Episode`` with a leading task axis.
 
+:class:`FewShot` draws classification episodes from classes of equal size,
+:class:`RaggedFewShot` from classes of different sizes.
+
 Every distribution draws its episodes on the device from a PRNG key, so the trainer
 samples inside the jitted meta-step. :mod:`metajax.tasks.trajectories` holds OML's
 meta-training distributions; the continual-learning streams are
@@ -10,6 +13,7 @@ meta-training distributions; the continual-learning streams are
 from metajax.tasks.base import TaskDistribution
 from metajax.tasks.fewshot import FewShot, benchmark
 from metajax.tasks.lifelong import NEW, OOD, SEEN, LifelongStream, Schedule, draw_batch
+from metajax.tasks.ragged import RaggedFewShot
 from metajax.tasks.sequences import TaskSequence, class_incremental, domain_incremental, incremental_sine, rotate
 from metajax.tasks.sinusoid import Sinusoid
 from metajax.tasks.trajectories import SineTrajectories, Trajectories
@@ -18,6 +22,7 @@ __all__ = [
     "TaskDistribution",
     "Sinusoid",
     "FewShot",
+    "RaggedFewShot",
     "benchmark",
     "Trajectories",
     "SineTrajectories",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import NamedTuple, cast
+from typing import NamedTuple, Protocol, cast
 
 import jax
 import jax.numpy as jnp
@@ -65,8 +65,7 @@ class FewShot:
             described = f"{images.dtype} {tuple(images.shape)}" if hasattr(images, "shape") else type(images).__name__
             raise ValueError(f"images must be a uint8 array [classes, examples, H, W, C], got {described}.")
         object.__setattr__(self, "images", jnp.asarray(images))
-        for name in ("ways", "shots", "queries"):
-            check_positive_int(name, getattr(self, name))
+        check_episode_sizes(self)
         classes, examples, height, width, channels = images.shape
         if self.ways > classes:
             raise ValueError(
@@ -79,15 +78,7 @@ class FewShot:
                 f"{tuple(images.shape)}), so support and query stay disjoint; got shots={self.shots}, "
                 f"queries={self.queries}."
             )
-        if self.augment_rotations and height != width:
-            raise ValueError(f"augment_rotations needs square images, got H={height}, W={width}.")
-        if self.normalize is not None:
-            mean, std = (tuple(float(v) for v in values) for values in self.normalize)
-            if len(mean) != channels or len(std) != channels or min(std) <= 0:
-                raise ValueError(
-                    f"normalize must be (mean, std) with {channels} values each and std > 0, got {self.normalize!r}."
-                )
-            object.__setattr__(self, "normalize", (mean, std))
+        check_image_options(self, height, width, channels)
 
     @property
     def num_classes(self) -> int:
@@ -108,50 +99,110 @@ class FewShot:
             ``[num_tasks, ways * queries]`` int32.
         """
         check_positive_int("num_tasks", num_tasks)
-        classes, examples, *image_shape = self.images.shape
+        classes, examples = self.images.shape[:2]
         k_class, k_example, k_turn = jax.random.split(key, 3)
+        chosen = draw_classes(k_class, num_tasks, classes, self.ways)
         # top_k of i.i.d. uniforms: distinct indices in uniformly random order.
-        _, chosen = jax.lax.top_k(jax.random.uniform(k_class, (num_tasks, classes)), self.ways)
         _, picks = jax.lax.top_k(
             jax.random.uniform(k_example, (num_tasks, self.ways, examples)), self.shots + self.queries
         )
-        x = self.images[chosen[:, :, None], picks]  # [T, ways, shots + queries, H, W, C]
-        if self.augment_rotations:
-            turns = jax.random.randint(k_turn, (num_tasks, self.ways, 1, 1, 1, 1, 1), 0, 4)
-            rotated = jnp.stack([jnp.rot90(x, k, axes=(3, 4)) for k in range(4)], axis=2)
-            x = jnp.take_along_axis(rotated, turns, axis=2)[:, :, 0]
-        x = x.astype(jnp.float32) / 255.0
-        if self.normalize is not None:
-            mean, std = (jnp.asarray(v, jnp.float32).reshape((1,) * 5 + (-1,)) for v in self.normalize)
-            x = (x - mean) / std
+        return to_episode(self, self.images[chosen[:, :, None], picks], k_turn)
 
-        def split(part: jax.Array, per_class: int) -> tuple[jax.Array, jax.Array]:
-            labels = jnp.repeat(jnp.arange(self.ways, dtype=jnp.int32), per_class)
-            return (
-                part.reshape(num_tasks, self.ways * per_class, *image_shape),
-                jnp.broadcast_to(labels, (num_tasks, self.ways * per_class)),
+
+class _EpisodeConfig(Protocol):
+    """The episode settings :class:`FewShot` and :class:`~metajax.tasks.RaggedFewShot` share (frozen attributes)."""
+
+    @property
+    def ways(self) -> int: ...
+    @property
+    def shots(self) -> int: ...
+    @property
+    def queries(self) -> int: ...
+    @property
+    def augment_rotations(self) -> bool: ...
+    @property
+    def normalize(self) -> tuple[tuple[float, ...], tuple[float, ...]] | None: ...
+
+
+def check_episode_sizes(task: _EpisodeConfig) -> None:
+    """Raise ``ValueError`` unless ``ways``, ``shots`` and ``queries`` are positive integers."""
+    for name in ("ways", "shots", "queries"):
+        check_positive_int(name, getattr(task, name))
+
+
+def check_image_options(task: _EpisodeConfig, height: int, width: int, channels: int) -> None:
+    """Check ``augment_rotations`` and ``normalize`` against the image shape; store ``normalize`` as float tuples."""
+    if task.augment_rotations and height != width:
+        raise ValueError(f"augment_rotations needs square images, got H={height}, W={width}.")
+    if task.normalize is not None:
+        mean, std = (tuple(float(v) for v in values) for values in task.normalize)
+        if len(mean) != channels or len(std) != channels or min(std) <= 0:
+            raise ValueError(
+                f"normalize must be (mean, std) with {channels} values each and std > 0, got {task.normalize!r}."
             )
-
-        support_x, support_y = split(x[:, :, : self.shots], self.shots)
-        query_x, query_y = split(x[:, :, self.shots :], self.queries)
-        return Episode(support_x, support_y, query_x, query_y)
+        object.__setattr__(task, "normalize", (mean, std))
 
 
-def _flatten(task: FewShot):
-    return (task.images,), tuple(getattr(task, f.name) for f in _STATIC_FIELDS)
+def draw_classes(key: jax.Array, num_tasks: int, classes: int, ways: int) -> jax.Array:
+    """``[num_tasks, ways]`` int32: distinct classes per task in uniformly random order (label ``l``: column ``l``)."""
+    # top_k of i.i.d. uniforms: distinct indices in uniformly random order.
+    _, chosen = jax.lax.top_k(jax.random.uniform(key, (num_tasks, classes)), ways)
+    return chosen
 
 
-def _unflatten(static: tuple, leaves: tuple) -> FewShot:
-    # Rebuilt without __init__: leaves may be tracers or placeholders during transformations.
-    task = object.__new__(FewShot)
-    object.__setattr__(task, "images", leaves[0])
-    for field, value in zip(_STATIC_FIELDS, static, strict=True):
-        object.__setattr__(task, field.name, value)
-    return task
+def to_episode(task: _EpisodeConfig, x: jax.Array, key: jax.Array) -> Episode:
+    """The class-major ``Episode`` of drawn images.
+
+    Args:
+        task: the episode settings (``shots``, ``augment_rotations``, ``normalize``).
+        x: ``[T, ways, shots + queries, H, W, C]`` uint8, row ``l`` of axis 1 the class of label ``l``.
+        key: PRNG key of the rotations.
+
+    Returns:
+        ``Episode`` of float32 images (scaled to [0, 1], then normalized) and int32 labels:
+        support ``[T, ways * shots, ...]``, query ``[T, ways * queries, ...]``.
+    """
+    num_tasks, ways, per_class, *image_shape = x.shape
+    if task.augment_rotations:
+        turns = jax.random.randint(key, (num_tasks, ways, 1, 1, 1, 1, 1), 0, 4)
+        rotated = jnp.stack([jnp.rot90(x, k, axes=(3, 4)) for k in range(4)], axis=2)
+        x = jnp.take_along_axis(rotated, turns, axis=2)[:, :, 0]
+    x = x.astype(jnp.float32) / 255.0
+    if task.normalize is not None:
+        mean, std = (jnp.asarray(v, jnp.float32).reshape((1,) * 5 + (-1,)) for v in task.normalize)
+        x = (x - mean) / std
+
+    def split(part: jax.Array) -> tuple[jax.Array, jax.Array]:
+        size = part.shape[2]
+        labels = jnp.repeat(jnp.arange(ways, dtype=jnp.int32), size)
+        return (
+            part.reshape(num_tasks, ways * size, *image_shape),
+            jnp.broadcast_to(labels, (num_tasks, ways * size)),
+        )
+
+    support_x, support_y = split(x[:, :, : task.shots])
+    query_x, query_y = split(x[:, :, task.shots :])
+    return Episode(support_x, support_y, query_x, query_y)
 
 
-_STATIC_FIELDS = tuple(f for f in dataclasses.fields(FewShot) if f.name != "images")
-jax.tree_util.register_pytree_node(FewShot, _flatten, _unflatten)
+def register_task_pytree(cls: type, leaves: tuple[str, ...]) -> None:
+    """Register a frozen dataclass as a pytree whose leaves are the fields ``leaves``; the rest is static."""
+    static = tuple(f.name for f in dataclasses.fields(cls) if f.name not in leaves)
+
+    def flatten(task):
+        return tuple(getattr(task, name) for name in leaves), tuple(getattr(task, name) for name in static)
+
+    def unflatten(values: tuple, children: tuple):
+        # Rebuilt without __init__: leaves may be tracers or placeholders during transformations.
+        task: object = object.__new__(cls)
+        for name, value in zip(leaves + static, children + values, strict=True):
+            object.__setattr__(task, name, value)
+        return task
+
+    jax.tree_util.register_pytree_node(cls, flatten, unflatten)
+
+
+register_task_pytree(FewShot, ("images",))
 
 
 class Benchmark(NamedTuple):
