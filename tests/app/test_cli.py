@@ -81,7 +81,7 @@ def test_metric_learner_on_regression_is_rejected(tmp_path):
     [
         (["--steps", "0"], "--steps must be a positive integer, got 0"),
         (["--inner-lr", "-1"], "--inner-lr must be positive, got -1.0"),
-        (["--eval-tasks", "1"], "--eval-tasks must be at least 2, got 1"),
+        (["--eval-tasks", "1"], r"--eval-tasks must be at least 2 \(a 95% interval needs two tasks\), got 1"),
     ],
 )
 def test_bad_values_are_named(tmp_path, argv, message):

@@ -31,7 +31,10 @@ def _fails(argv, capsys) -> str:
         (["train", "--inner-lr", "nan"], "metajax train: --inner-lr must be a finite number, got nan."),
         (["train", "--seed", "-1"], "metajax train: --seed must be in [0, 2**32) (JAX uses 32 bits of it), got -1."),
         (["train", "--seed", str(2**32)], f"--seed must be in [0, 2**32) (JAX uses 32 bits of it), got {2**32}."),
-        (["eval", "run", "--eval-tasks", "0"], "metajax eval: --eval-tasks must be at least 2, got 0."),
+        (
+            ["eval", "run", "--eval-tasks", "0"],
+            "metajax eval: --eval-tasks must be at least 2 (a 95% interval needs two tasks), got 0.",
+        ),
         (["eval", "run", "--eval-steps", "-1"], "metajax eval: --eval-steps must be non-negative, got -1."),
         (["eval", "run", "--seed", "-5"], "metajax eval: --seed must be in [0, 2**32)"),
         (["eval", "run", "--test-query", "0"], "metajax eval: --test-query must be a positive integer, got 0."),

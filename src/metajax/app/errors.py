@@ -178,7 +178,7 @@ def check_positive_ints(args: argparse.Namespace, names: tuple[str, ...], *, opt
 def check_eval(args: argparse.Namespace) -> None:
     """Refuse too few ``--eval-tasks`` (an interval needs 2) or a negative ``--eval-steps``."""
     if args.eval_tasks < 2:
-        raise CommandError(f"--eval-tasks must be at least 2, got {args.eval_tasks}.")
+        raise CommandError(f"--eval-tasks must be at least 2 (a 95% interval needs two tasks), got {args.eval_tasks}.")
     if args.eval_steps is not None and args.eval_steps < 0:
         raise CommandError(f"--eval-steps must be non-negative, got {args.eval_steps}.")
 
