@@ -107,7 +107,7 @@ def test_cub_archive_is_verified_then_extracted(tmp_path, monkeypatch):
 
 def test_missing_cub_names_the_files_the_folders_and_the_source(tmp_path):
     with pytest.raises(FileNotFoundError) as err:
-        load_cub("train", root=tmp_path, download=False)
+        load_cub("train", root=tmp_path, cache_dir=tmp_path / "cache", download=False)
     message = str(err.value)
     for expected in (
         "CUB-200-2011 not found in",
