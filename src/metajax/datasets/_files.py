@@ -110,7 +110,7 @@ def obtain(
     """The verified file ``name`` of the first of ``folders`` holding it, else one downloaded into ``folders[-1]``.
 
     Args:
-        name: the file name (may hold folders, e.g. ``"cifar-100-python/train"``).
+        name: the file name.
         folders: where to look, in order; a download goes to the last.
         known: the accepted releases (:func:`verify_file`).
         url: the official address.
