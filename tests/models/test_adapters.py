@@ -86,7 +86,8 @@ def test_errors_name_the_argument_the_value_and_what_was_expected():
     params = model.init(None, X)["params"]
     with pytest.raises(TypeError, match="from_nnx's module must be a flax.nnx.Module, got MLP"):
         models.from_nnx(models.MLP())
-    with pytest.raises(ValueError, match=r"variables must be \{'params': params\}, got \['batch_stats', 'params'\]"):
+    expected = r"the variables of this nnx model must be \{'params': params\}, got \['batch_stats', 'params'\]"
+    with pytest.raises(ValueError, match=expected):
         model.apply({"params": params, "batch_stats": {}}, X)
     with pytest.raises(ValueError, match="params do not fit this nnx model: expected the structure"):
         model.apply({"params": {"kernel": params["kernel"]}}, X)

@@ -74,11 +74,13 @@ class PureModel:
     def apply(self, variables: dict, x: jax.Array) -> jax.Array:
         """``forward(variables["params"], x)``: outputs ``[examples, ...]`` for inputs ``x [examples, ...]``."""
         if not isinstance(variables, dict) or set(variables) != {"params"}:
-            found = sorted(variables) if isinstance(variables, dict) else type(variables).__name__
-            raise ValueError(f"a {self.source} model's variables must be {{'params': params}}, got {found}.")
+            names = sorted(variables) if isinstance(variables, dict) else type(variables).__name__
+            raise ValueError(f"the variables of this {self.source} model must be {{'params': params}}, got {names}.")
         params = variables["params"]
-        expected, found = jax.tree.structure(self.params), jax.tree.structure(params)
-        if not expected == found:
+        # Any: mypy sees jaxlib's PyTreeDef as partially typed and refuses to compare it.
+        expected: Any = jax.tree.structure(self.params)
+        found = jax.tree.structure(params)
+        if expected != found:
             raise ValueError(
                 f"params do not fit this {self.source} model: expected the structure {expected}, got {found}."
             )
