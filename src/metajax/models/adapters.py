@@ -31,6 +31,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import importlib
+import reprlib
 import sys
 from collections.abc import Callable
 from types import ModuleType
@@ -91,7 +92,7 @@ def from_nnx(module: nnx.Module) -> PureModel:
     """The :class:`PureModel` of a Flax NNX module called on a batch, ``module(x [examples, ...])``.
 
     Its ``nnx.Param`` variables are the meta-parameters (a nested dict); other state
-    (batch-norm averages, RNG state) is held fixed, as the module description says.
+    (batch-norm averages, RNG state) is held fixed, as :mod:`metajax.models.adapters` describes.
 
     Example:
         >>> import jax, jax.numpy as jnp
@@ -102,7 +103,7 @@ def from_nnx(module: nnx.Module) -> PureModel:
         (['bias', 'kernel'], (4, 2))
     """
     if not isinstance(module, nnx.Module):
-        raise TypeError(f"from_nnx's module must be a flax.nnx.Module, got {type(module).__name__}: {module!r}.")
+        raise TypeError(f"from_nnx's module must be a flax.nnx.Module, got {_describe(module)}.")
     graphdef, params, *rest = nnx.split(module, nnx.Param, ...)
     return PureModel(nnx.to_pure_dict(params), functools.partial(_nnx_forward, graphdef, tuple(rest)), "nnx")
 
@@ -138,7 +139,7 @@ def from_equinox(module: Any, *, batched: bool = False) -> PureModel:
     """
     eqx = _equinox()
     if not isinstance(module, eqx.Module):
-        raise TypeError(f"from_equinox's module must be an equinox.Module, got {type(module).__name__}: {module!r}.")
+        raise TypeError(f"from_equinox's module must be an equinox.Module, got {_describe(module)}.")
     stateful = [
         jax.tree_util.keystr(path)
         for path, leaf in jax.tree_util.tree_leaves_with_path(module, is_leaf=_is_state_index)
@@ -172,8 +173,10 @@ def _equinox() -> ModuleType:
 
 
 def as_model(module: Any) -> nn.Module | PureModel:
-    """``module`` as a model every learner takes: Linen modules and :class:`PureModel` s as they are,
-    NNX modules through :func:`from_nnx`, equinox modules through :func:`from_equinox` (per example).
+    """``module`` as a model every learner takes, the adapter chosen by its type.
+
+    Linen modules and :class:`PureModel` s come back as they are, NNX modules through
+    :func:`from_nnx`, equinox modules through :func:`from_equinox` (one example per call).
 
     Raises:
         TypeError: ``module`` is none of these.
@@ -196,6 +199,16 @@ def as_model(module: Any) -> nn.Module | PureModel:
     except ImportError:
         hint = f" (equinox is not installed: {_EXTRA})"
     raise TypeError(
-        f"module must be a flax.linen.Module, a flax.nnx.Module or an equinox.Module{hint}; "
-        f"got {type(module).__name__}: {module!r}."
+        f"module must be a flax.linen.Module, a flax.nnx.Module or an equinox.Module{hint}; got {_describe(module)}."
     )
+
+
+def _describe(value: Any) -> str:
+    """``value`` in an error message: a builtin's short repr, else its type and where it is from.
+
+    Not a module's repr, which prints its weights.
+    """
+    kind = type(value)
+    if kind.__module__ == "builtins":
+        return f"{kind.__name__}: {reprlib.repr(value)}"
+    return f"{kind.__name__} (from {kind.__module__})"
