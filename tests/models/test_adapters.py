@@ -47,7 +47,9 @@ def test_nnx_params_are_learned_and_batch_norm_uses_the_batch_statistics_without
     np.testing.assert_allclose(
         model.apply({"params": params}, X), LinenNormNet().apply({"params": linen}, X), rtol=1e-4, atol=1e-5
     )
-    jax.jit(jax.grad(lambda p: jnp.sum(model.apply({"params": p}, X))))(params)
+    # Differentiated per task under vmap, as a learner runs it: the averages stay untouched.
+    per_task = jax.tree.map(lambda a: jnp.stack([a, 2 * a]), params)
+    jax.jit(jax.vmap(jax.grad(lambda p, x: jnp.sum(model.apply({"params": p}, x)))))(per_task, jnp.stack([X, -X]))
     np.testing.assert_array_equal(net.norm.mean[...], 3.0)
 
     net.eval()  # a module in evaluation mode normalises with its stored averages
