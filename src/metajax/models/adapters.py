@@ -3,8 +3,8 @@
 A learner reads its model through two pure functions, those of a Linen module:
 ``model.init(key, x) -> {"params": params}`` and ``model.apply({"params": params}, x) ->
 outputs``, with ``x [examples, ...]``. :func:`from_nnx` and :func:`from_equinox` give an NNX
-or an equinox module those two functions (a :class:`PureModel`), so every learner takes it
-unchanged: ``MAML(from_nnx(net))``, ``ProtoNet(from_equinox(body), ways=5)``.
+or an equinox module those two functions (a :class:`PureModel`), so learners take it
+unchanged wherever they take a Linen module: ``MAML(from_nnx(net))``, ``ProtoNet(from_equinox(body), ways=5)``.
 :func:`as_model` picks the adapter from the module's type.
 
 What becomes a meta-parameter:
