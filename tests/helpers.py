@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import socket
 
 import flax.linen as nn
 import jax
@@ -14,6 +15,13 @@ import metajax
 from metajax import learner as registry
 from metajax import models
 from metajax.rl.envs import PointState
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now (for a ``--coordinator`` in tests: loopback only)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def one_task(task, seed: int = 0):

@@ -613,7 +613,7 @@ def _summary_line(result: dict) -> str:
 
 
 def _train(args: argparse.Namespace) -> int:
-    result = seeds.run(args, train_command) if args.seeds else train_command(args)
+    result = seeds.run(args, train_command, _check_args) if args.seeds else train_command(args)
     if launch.is_primary(args):  # the other processes of a multi-host run write nothing
         print(_summary_line(result))
         print(f"wrote {args.out / 'metrics.json'}")
