@@ -73,8 +73,10 @@ def test_original_png_pickle_is_decoded_once(tmp_path, monkeypatch):
     _check(load_tiered_imagenet("test", root=tmp_path, image_size=SIDE, cache_dir=tmp_path / "cache"), data.names)
 
 
-def test_other_sizes_are_resized(tmp_path):
+def test_other_sizes_are_resized_once(tmp_path, monkeypatch):
     _write_metaoptnet(tmp_path, "train")
+    _check(load_tiered_imagenet("train", root=tmp_path, image_size=4, cache_dir=tmp_path / "cache"), ("0", "1", "2"), 4)
+    monkeypatch.setattr(tiered_module, "_read_npz", lambda *a: pytest.fail("the arrays were read again"))
     _check(load_tiered_imagenet("train", root=tmp_path, image_size=4, cache_dir=tmp_path / "cache"), ("0", "1", "2"), 4)
 
 
@@ -105,7 +107,9 @@ def test_bad_tiered_imagenet_contents_are_named(tmp_path):
     with pytest.raises(ValueError, match="holds 9 images but its labels file 8 labels"):
         load_tiered_imagenet("val", root=tmp_path, image_size=SIDE)
     (tmp_path / "val_labels.pkl").write_bytes(b"")
-    with pytest.raises(ValueError, match=r"val_labels.pkl is empty \(0 bytes\). Delete it and get a fresh copy"):
+    with pytest.raises(
+        ValueError, match=r"val_labels.pkl is empty \(0 bytes\). Delete it and get a fresh copy: .* get val_images.npz"
+    ):
         load_tiered_imagenet("val", root=tmp_path, image_size=SIDE)
 
 

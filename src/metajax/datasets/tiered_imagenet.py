@@ -103,31 +103,41 @@ def load_tiered_imagenet(
             f"{split}_images.npz or {split}_images_png.pkl. {_WHERE.format(split=split)}. Put them in "
             f"{folders[0]}, or pass root= (--data-root of metajax train) / set $METAJAX_DATA."
         )
-    labels, names = _read_labels(labels_path)
+    labels, names = _read_labels(labels_path, split)
     cache_file = cache_root(cache_dir) / "tiered_imagenet" / f"{split}_{image_size}px.npz"
     if npz is not None:
-        data = _group(npz, _read_npz(npz), labels, names)
+        npz_path = npz
+
+        def resized() -> RaggedImageClasses:
+            data = _group(npz_path, _read_npz(npz_path, split), labels, names)
+            return data._replace(images=resize_images(data.images, image_size))
+
+        if cache_file.is_file():  # resized before: the arrays, several GB for train, are not read again
+            return cached(cache_file, resized)
+        data = _group(npz_path, _read_npz(npz_path, split), labels, names)
         if data.images.shape[1:3] == (image_size, image_size):
             return data
         return cached(cache_file, lambda: data._replace(images=resize_images(data.images, image_size)))
     png_path = cast(Path, png)  # found: npz is None here
 
-    return cached(cache_file, lambda: _group(png_path, _decode_png(png_path, image_size), labels, names))
+    return cached(cache_file, lambda: _group(png_path, _decode_png(png_path, split, image_size), labels, names))
 
 
-def _unpickle(path: Path, **kwargs) -> object:
+def _fresh_copy(path: Path, err: BaseException, split: str) -> str:
+    return f"{damaged(path, err)}. Delete it and get a fresh copy: {_WHERE.format(split=split)}."
+
+
+def _unpickle(path: Path, split: str, **kwargs) -> object:
     try:
         with open(path, "rb") as f:
             return pickle.load(f, **kwargs)
     except UNREADABLE as err:
-        raise ValueError(
-            f"{damaged(path, err)}. Delete it and get a fresh copy: {_WHERE.format(split='<split>')}."
-        ) from err
+        raise ValueError(_fresh_copy(path, err, split)) from err
 
 
-def _read_labels(path: Path) -> tuple[np.ndarray, tuple[str, ...] | None]:
+def _read_labels(path: Path, split: str) -> tuple[np.ndarray, tuple[str, ...] | None]:
     """The class of each image and, when the file has them, the class names."""
-    content = _unpickle(path, encoding="latin1")
+    content = _unpickle(path, split, encoding="latin1")
     if not isinstance(content, dict) or not {"labels", "label_specific"} & content.keys():
         found = sorted(content) if isinstance(content, dict) else type(content).__name__
         raise ValueError(f"{path} must hold a dict with the key 'labels' or 'label_specific', got {found}.")
@@ -139,21 +149,21 @@ def _read_labels(path: Path) -> tuple[np.ndarray, tuple[str, ...] | None]:
     return labels, None if names is None else tuple(str(n) for n in names)
 
 
-def _read_npz(path: Path) -> np.ndarray:
+def _read_npz(path: Path, split: str) -> np.ndarray:
     try:
         with open(path, "rb") as f, np.load(f, allow_pickle=False) as content:  # closed even when np.load fails
             files = sorted(content.files)
             images = content["images"] if "images" in files else None
     except UNREADABLE as err:
-        raise ValueError(f"{damaged(path, err)}. Delete it and get a fresh copy: {_WHERE}.") from err
+        raise ValueError(_fresh_copy(path, err, split)) from err
     if images is None:
         raise ValueError(f"{path} must hold the array 'images', got {files}.")
     return images
 
 
-def _decode_png(path: Path, image_size: int) -> np.ndarray:
+def _decode_png(path: Path, split: str, image_size: int) -> np.ndarray:
     """``[N, image_size, image_size, 3]`` from a pickled list of PNG byte arrays."""
-    content = _unpickle(path, encoding="bytes")
+    content = _unpickle(path, split, encoding="bytes")
     if not isinstance(content, list | tuple | np.ndarray):
         raise ValueError(f"{path} must hold a list of PNG-encoded images, got {type(content).__name__}.")
     return np.stack([decode_image(bytes(np.asarray(png).ravel()), mode="RGB", size=image_size) for png in content])
