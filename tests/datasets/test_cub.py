@@ -103,6 +103,7 @@ def test_cub_archive_is_verified_then_extracted(tmp_path, monkeypatch):
     monkeypatch.setattr(cub_module, "_KNOWN", known)
     data = load_cub("test", root=tmp_path / "data", cache_dir=tmp_path / "cache", download=False)
     assert data.names == (SPECIES[3], SPECIES[7]) and (path.parent / "CUB_200_2011" / "images.txt").is_file()
+    assert sorted(p.name for p in path.parent.iterdir()) == ["CUB_200_2011", "CUB_200_2011.tgz"]  # no staging left
 
 
 def test_missing_cub_names_the_files_the_folders_and_the_source(tmp_path):

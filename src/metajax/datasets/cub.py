@@ -23,7 +23,9 @@ Images are converted to RGB and resized (not cropped) to ``image_size`` with PIL
 from __future__ import annotations
 
 import os
+import shutil
 import tarfile
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -107,10 +109,22 @@ def _folder(root: Path, download: bool, timeout: float) -> Path:
         f"root= (--data-root of metajax train) or $METAJAX_DATA."
     )
     archive = obtain(_ARCHIVE, folders, _KNOWN, _URL, download=download, timeout=timeout, missing=missing)
-    with tarfile.open(archive, "r:gz") as tar:
-        tar.extractall(archive.parent, filter="data")  # "data": no absolute paths, links or devices
-    if not (archive.parent / _FOLDER / "images.txt").is_file():
-        raise ValueError(f"{archive} holds no {_FOLDER}/images.txt; is it the CUB-200-2011 archive?")
+    if not hasattr(tarfile, "data_filter"):
+        raise RuntimeError(
+            f"Extracting {archive} safely needs Python >= 3.10.12 (tarfile's 'data' filter); "
+            f"extract it yourself into {archive.parent}."
+        )
+    # Extracted beside the archive into a temporary folder, moved in place once whole: an interrupted
+    # extraction leaves no half folder that would later pass for the dataset.
+    staging = Path(tempfile.mkdtemp(prefix=".cub-", dir=archive.parent))
+    try:
+        with tarfile.open(archive, "r:gz") as tar:
+            tar.extractall(staging, filter="data")  # "data": no absolute paths, links or devices
+        if not (staging / _FOLDER / "images.txt").is_file():
+            raise ValueError(f"{archive} holds no {_FOLDER}/images.txt; is it the CUB-200-2011 archive?")
+        os.replace(staging / _FOLDER, archive.parent / _FOLDER)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return archive.parent / _FOLDER
 
 
