@@ -22,7 +22,16 @@ COARSE = (
     "large_natural_outdoor_scenes", "large_omnivores_and_herbivores", "medium_mammals", "non-insect_invertebrates",
     "people", "reptiles", "small_mammals", "trees", "vehicles_1", "vehicles_2",
 )  # fmt: skip
-FINE = tuple(sorted(name for names in CIFAR_FS_CLASSES.values() for name in names))  # CIFAR-100's are alphabetical
+# CIFAR-100's fine_label_names, in label order (alphabetical; the official meta file).
+FINE = tuple(
+    "apple aquarium_fish baby bear beaver bed bee beetle bicycle bottle bowl boy bridge bus butterfly camel can "
+    "castle caterpillar cattle chair chimpanzee clock cloud cockroach couch crab crocodile cup dinosaur dolphin "
+    "elephant flatfish forest fox girl hamster house kangaroo keyboard lamp lawn_mower leopard lion lizard lobster "
+    "man maple_tree motorcycle mountain mouse mushroom oak_tree orange orchid otter palm_tree pear pickup_truck "
+    "pine_tree plain plate poppy porcupine possum rabbit raccoon ray road rocket rose sea seal shark shrew skunk "
+    "skyscraper snail snake spider squirrel streetcar sunflower sweet_pepper table tank telephone television tiger "
+    "tractor train trout tulip turtle wardrobe whale willow_tree wolf woman worm".split()
+)
 TRAIN_PER_CLASS, TEST_PER_CLASS = 3, 1
 
 
@@ -100,7 +109,7 @@ def test_cifar_fs_splits_from_the_extracted_folder(extracted):
 
 def test_cifar_fs_lists_partition_cifar100():
     names = [name for split in ("train", "val", "test") for name in CIFAR_FS_CLASSES[split]]
-    assert len(names) == len(set(names)) == 100
+    assert sorted(names) == list(FINE)  # every CIFAR-100 class, once
     assert {"whale", "man", "rocket"} <= set(CIFAR_FS_CLASSES["test"]) and "shark" in CIFAR_FS_CLASSES["val"]
 
 
@@ -182,3 +191,10 @@ def test_cifar100_pickles_of_another_layout_are_named(tmp_path, monkeypatch):
         load_cifar_fs("train", root=tmp_path)
     with pytest.raises(ValueError, match="split must be one of 'train', 'val', 'test'; got 'validation'"):
         load_fc100("validation", root=tmp_path)
+
+
+def test_a_class_short_of_images_is_named():
+    fine = np.array([0, 0, 1, 1, 1, 2, 2, 2])  # class "baby" (label 2) is fine; "apple" (0) holds 2 of 3
+    data = cifar_module._Cifar100(np.zeros((8, 32, 32, 3), np.uint8), fine, fine, FINE, COARSE)
+    with pytest.raises(ValueError, match="class 'apple' holds 2, others up to 3"):
+        cifar_module._select(data, ["apple", "aquarium_fish", "baby"])

@@ -233,8 +233,10 @@ def _select(data: _Cifar100, names: list[str]) -> ImageClasses:
     labels = sorted(data.fine_names.index(name) for name in names)
     rows = [np.flatnonzero(data.fine == label) for label in labels]
     if len({len(r) for r in rows}) != 1:
+        short = min(range(len(rows)), key=lambda i: len(rows[i]))
         raise ValueError(
-            f"CIFAR-100 classes must hold 600 images each, got {min(map(len, rows))} to {max(map(len, rows))}."
+            f"CIFAR-100 classes must hold equally many images (600 in the release): class "
+            f"{data.fine_names[labels[short]]!r} holds {len(rows[short])}, others up to {max(map(len, rows))}."
         )
     return ImageClasses(np.stack([data.images[r] for r in rows]), tuple(data.fine_names[label] for label in labels))
 
