@@ -439,7 +439,7 @@ def _fill_defaults(args: argparse.Namespace) -> None:
         rl_app.fill_defaults(args)
         return
     for name, value in {**DEFAULTS, **SUPERVISED_DEFAULTS, **ALGO_DEFAULTS.get(args.algo, {})}.items():
-        if getattr(args, name) is None:
+        if getattr(args, name) is None and not (name == "bn_mode" and args.task == "sinusoid"):  # an MLP: no BN
             setattr(args, name, value)
 
 
