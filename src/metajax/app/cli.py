@@ -226,7 +226,8 @@ def _network(args: argparse.Namespace, family: str):
         return lambda out: models.ResNet12(out=out, **bn)
     embedding = family in ("metric", "attention")
     filters = args.filters or (64 if embedding else DEFAULT_FILTERS[args.task])
-    pool = "stride" if args.task == "omniglot" and not embedding else "max"
+    # MAML's Omniglot network is strided; MAML++'s reference max-pools on every dataset.
+    pool = "stride" if args.task == "omniglot" and not embedding and args.algo != "maml++" else "max"
     return lambda out: models.Conv4(filters=filters, pool=pool, out=out, **bn)
 
 
