@@ -152,7 +152,7 @@ def test_cosine_meta_learning_rate_follows_its_formula():
         (
             dict(first_order_epochs=2, meta_gradient=metajax.FirstOrder()),
             ValueError,
-            "meta_gradient must be SecondOrder",
+            r"first_order_epochs=2 anneals FirstOrder\(\) into SecondOrder",
         ),
         (dict(msl_epochs=-1), ValueError, "msl_epochs must be a non-negative integer, got -1"),
     ],

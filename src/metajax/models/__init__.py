@@ -1,7 +1,8 @@
 """Pure-function backbones (flax.linen): ``model.apply({"params": p}, x)``.
 
-Batch normalisation follows MAML: statistics of the current batch, no running
-averages, so every model is a pure function of ``(params, x)``.
+Batch normalisation is a mode of the model (``bn`` of Conv4 and ResNet-12, see
+``metajax.models.layers.BN_MODES``): by default MAML's statistics of the current batch,
+no running averages, so every model is a pure function of ``(params, x)``.
 """
 
 from metajax.models.conv import Conv4
