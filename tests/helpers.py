@@ -21,6 +21,23 @@ def one_task(task, seed: int = 0):
     return jax.tree.map(lambda a: a[0], task.sample(jax.random.key(seed), 1))
 
 
+class CountingLearner:
+    """Delegates to a learner and counts how often ``loss`` is traced."""
+
+    def __init__(self, learner):
+        self.learner, self.traces = learner, 0
+
+    def init(self, key, episode):
+        return self.learner.init(key, episode)
+
+    def adapted_params(self, params):
+        return self.learner.adapted_params(params)
+
+    def loss(self, params, episode, key):
+        self.traces += 1
+        return self.learner.loss(params, episode, key)
+
+
 def assert_queries_answered_alone(learner, episode) -> jax.Array:
     """Assert that ``learner`` answers ``episode``'s queries together as it does one at a time; the outputs."""
     import numpy as np

@@ -21,7 +21,7 @@ import optax
 import pytest
 
 import metajax
-from helpers import Flatten, VectorTasks, one_task
+from helpers import CountingLearner, Flatten, VectorTasks, one_task
 from metajax import learner as registry
 from metajax import models, tasks
 from metajax.training import batch_value_and_grad
@@ -94,23 +94,6 @@ def online(request):
 def online_one(request):
     name, kind = request.param
     return _build(name, kind), kind
-
-
-class CountingLearner:
-    """Delegates to a learner and counts how often ``loss`` is traced."""
-
-    def __init__(self, learner):
-        self.learner, self.traces = learner, 0
-
-    def init(self, key, episode):
-        return self.learner.init(key, episode)
-
-    def adapted_params(self, params):
-        return self.learner.adapted_params(params)
-
-    def loss(self, params, episode, key):
-        self.traces += 1
-        return self.learner.loss(params, episode, key)
 
 
 def _frozen(learner):

@@ -73,3 +73,20 @@ def test_bad_seeds_are_refused(tmp_path, capsys, extra, message):
         train(tmp_path / "run", *extra)
     assert info.value.code == 2 and message in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+def test_only_the_primary_process_writes_the_aggregate(tmp_path, monkeypatch):
+    # In a multi-host run every process trains each seed; process 0 alone owns OUT (claim, metrics.json).
+    from metajax.app import launch, seeds
+
+    def one_seed(args):  # stands in for the training command: a fixed evaluation per seed
+        return {"train": {"steps": 2}, "eval": {"mse": {"mean": [float(args.seed)]}, "num_tasks": 3, "num_steps": 0}}
+
+    args = cli.parse([*TINY.split(), "--seeds", "1,3", "--out", str(tmp_path / "run")])
+    monkeypatch.setattr(launch, "is_primary", lambda _: False)
+    assert seeds.run(args, one_seed)["eval"]["mse"]["mean"] == [2.0]
+    assert not (tmp_path / "run").exists()
+    monkeypatch.setattr(launch, "is_primary", lambda _: True)
+    seeds.run(args, one_seed)
+    written = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert written["eval"]["mse"]["per_seed"] == {"1": [1.0], "3": [3.0]}

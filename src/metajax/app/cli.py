@@ -44,13 +44,15 @@ from metajax.app.runs import (
 GRADIENT_ALGORITHMS = registry.names(family="gradient")
 METRIC_ALGORITHMS = registry.names(family="metric")
 ATTENTION_ALGORITHMS = registry.names(family="attention")
-SUPERVISED_TASKS = ("sinusoid", "omniglot", "miniimagenet")
+# The image tasks are the names of tasks.benchmark (tasks.BENCHMARK_SPLITS; a test checks they agree).
+SUPERVISED_TASKS = ("sinusoid", "omniglot", "miniimagenet", "tiered-imagenet", "cifar-fs", "fc100", "cub")
 ALGORITHMS = GRADIENT_ALGORITHMS + METRIC_ALGORITHMS + ATTENTION_ALGORITHMS + rl_app.ALGORITHMS
 TASKS = SUPERVISED_TASKS + rl_app.TASKS
 # MAML paper (Finn et al., 2017): Conv4 with 64 strided filters on Omniglot, 32 max-pooled on
 # miniImageNet; ProtoNets and Matching Networks use 64 max-pooled filters on both, as does the
-# in-context Transformer's embedding (SNAIL's Conv4).
-DEFAULT_FILTERS = {"omniglot": 64, "miniimagenet": 32}
+# in-context Transformer's embedding (SNAIL's Conv4). The other natural-image benchmarks take
+# MAML's miniImageNet setting.
+DEFAULT_FILTERS = {"omniglot": 64, "miniimagenet": 32, "tiered-imagenet": 32, "cifar-fs": 32, "fc100": 32, "cub": 32}
 BN_MODES = ("transductive", "support", "per_step")  # metajax.models.layers.BN_MODES, without importing JAX
 # The learners that give the backbone its support inputs and inner step (MAML's class); the
 # others normalise with the statistics of the batch they are given.

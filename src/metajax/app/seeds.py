@@ -14,6 +14,7 @@ import argparse
 import time
 from collections.abc import Callable
 
+from metajax.app import launch
 from metajax.app.errors import SEED_BOUND, CommandError
 from metajax.app.runs import check_out, claim, machine, settings, write_json_atomic
 
@@ -35,9 +36,10 @@ def run(args: argparse.Namespace, train: Callable[[argparse.Namespace], dict]) -
 
     if args.seed != 0:
         raise CommandError(f"--seed {args.seed} and --seeds both set the seed; pass one of them.")
-    out = args.out
-    check_out(out, args.resume, args.overwrite)
-    claim(out, overwrite=False)  # the seeds' own runs remove their files with --overwrite
+    out, primary = args.out, launch.is_primary(args)
+    if primary:  # in a multi-host run, process 0 alone owns the run folder
+        check_out(out, args.resume, args.overwrite)
+        claim(out, overwrite=False)  # the seeds' own runs remove their files with --overwrite
     results, t0 = {}, time.perf_counter()
     for seed in args.seeds:
         one = argparse.Namespace(**{**vars(args), "seed": seed, "seeds": None, "out": out / f"seed-{seed}"})
@@ -66,5 +68,6 @@ def run(args: argparse.Namespace, train: Callable[[argparse.Namespace], dict]) -
             "num_steps": first["num_steps"],
         },
     }
-    write_json_atomic(out / "metrics.json", result)
+    if primary:
+        write_json_atomic(out / "metrics.json", result)
     return result

@@ -2,12 +2,15 @@
 
 Batch normalisation is a mode of the model (``bn`` of Conv4 and ResNet-12, see
 ``metajax.models.layers.BN_MODES``): by default MAML's statistics of the current batch,
-no running averages, so every model is a pure function of ``(params, x)``.
+no running averages, so every model is a pure function of ``(params, x)``. Flax NNX and
+equinox modules get the same two functions from :func:`from_nnx` and :func:`from_equinox`
+(:mod:`metajax.models.adapters`).
 """
 
+from metajax.models.adapters import PureModel, as_model, from_equinox, from_nnx
 from metajax.models.conv import Conv4
 from metajax.models.layers import BatchStatNorm
 from metajax.models.mlp import MLP
 from metajax.models.resnet import ResNet12
 
-__all__ = ["MLP", "Conv4", "ResNet12", "BatchStatNorm"]
+__all__ = ["MLP", "Conv4", "ResNet12", "BatchStatNorm", "PureModel", "as_model", "from_equinox", "from_nnx"]

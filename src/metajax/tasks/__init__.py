@@ -1,7 +1,9 @@
 """Task distributions: ``sample(key, num_tasks) -> Episode`` with a leading task axis.
 
 :class:`FewShot` draws classification episodes from classes of equal size,
-:class:`RaggedFewShot` from classes of different sizes.
+:class:`RaggedFewShot` from classes of different sizes; :func:`benchmark` builds the
+standard few-shot benchmarks from their files, :func:`from_images` any loaded dataset
+(your own image folders through :func:`metajax.datasets.load_image_folder`).
 
 Every distribution draws its episodes on the device from a PRNG key, so the trainer
 samples inside the jitted meta-step. :mod:`metajax.tasks.trajectories` holds OML's
@@ -11,7 +13,8 @@ meta-training distributions; the continual-learning streams are
 """
 
 from metajax.tasks.base import TaskDistribution
-from metajax.tasks.fewshot import FewShot, benchmark
+from metajax.tasks.benchmarks import BENCHMARK_SPLITS, Benchmark, benchmark, from_images
+from metajax.tasks.fewshot import FewShot
 from metajax.tasks.lifelong import NEW, OOD, SEEN, LifelongStream, Schedule, draw_batch
 from metajax.tasks.ragged import RaggedFewShot
 from metajax.tasks.sequences import TaskSequence, class_incremental, domain_incremental, incremental_sine, rotate
@@ -24,6 +27,9 @@ __all__ = [
     "FewShot",
     "RaggedFewShot",
     "benchmark",
+    "Benchmark",
+    "BENCHMARK_SPLITS",
+    "from_images",
     "Trajectories",
     "SineTrajectories",
     "TaskSequence",
