@@ -61,9 +61,11 @@ ONLINE_ONE = [(name, registry.entry(name).kinds[0]) for name in dict(ONLINE)]
 
 def test_the_suite_covers_every_registered_learner():
     assert {name for name, _ in META} | {name for name, _ in ONLINE} == set(registry.names())
-    # 6 gradient learners x 2 kinds + 2 metric ones (classification) + the in-context Transformer and
-    # SNAIL x 2 kinds + FEAT (classification) + OML's meta-training x 2 kinds; 6 online learners x 2 kinds.
-    assert (len(META), len(ONLINE), len(META_ONE), len(ONLINE_ONE)) == (21, 12, 12, 6)
+    # 7 gradient learners (MAML++ among them) x 2 kinds + 2 metric ones (classification) + the in-context
+    # Transformer and SNAIL x 2 kinds + FEAT (classification) + OML's meta-training x 2 kinds; 6 online
+    # learners x 2 kinds.
+    assert (len(META), len(ONLINE), len(META_ONE), len(ONLINE_ONE)) == (23, 12, 13, 6)
+    assert ("maml++", "regression") in META_ONE and ("maml++", "classification") in META
 
 
 def _case_id(case):

@@ -10,6 +10,9 @@ functions, not a base class):
   :func:`metajax.evaluate` takes a ``Learner``.
 * :class:`OnlineLearner`: learns a stream one batch at a time (the continual drivers).
 
+A meta-objective that follows the meta-step (MAML++) also has ``loss_at``
+(:class:`StepDependent`).
+
 The registry maps a learner's name to a factory ``factory(spec, **options)`` that builds it
 for a task kind and a network family (:class:`Spec`). The command line, the benchmark and
 the contract tests all read it, so a learner is added in one place, its own module::
@@ -57,6 +60,19 @@ class MetaObjective(Protocol):
         The library reads it to batch tasks: per-task convolution weights run one task at
         a time on CPU (see :func:`metajax.training.resolve_task_batching`).
         """
+        ...
+
+
+@runtime_checkable
+class StepDependent(Protocol):
+    """A meta-objective that changes with the meta-step (MAML++'s annealed loss weights and derivative order).
+
+    :func:`metajax.train` calls ``loss_at`` with the state's step in place of ``loss``; the
+    step is traced, so the schedule costs no recompilation.
+    """
+
+    def loss_at(self, params: Params, episode: Episode, key: jax.Array, step: jax.Array) -> tuple[jax.Array, Metrics]:
+        """``loss`` at meta-step ``step`` (an int32 scalar, 0 for the first meta-step)."""
         ...
 
 

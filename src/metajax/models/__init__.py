@@ -1,8 +1,9 @@
 """Pure-function backbones (flax.linen): ``model.apply({"params": p}, x)``.
 
-Batch normalisation follows MAML: statistics of the current batch, no running
-averages, so every model is a pure function of ``(params, x)``. Flax NNX and equinox
-modules get the same two functions from :func:`from_nnx` and :func:`from_equinox`
+Batch normalisation is a mode of the model (``bn`` of Conv4 and ResNet-12, see
+``metajax.models.layers.BN_MODES``): by default MAML's statistics of the current batch,
+no running averages, so every model is a pure function of ``(params, x)``. Flax NNX and
+equinox modules get the same two functions from :func:`from_nnx` and :func:`from_equinox`
 (:mod:`metajax.models.adapters`).
 """
 
