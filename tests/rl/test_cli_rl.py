@@ -1,4 +1,4 @@
-"""``metajax train --task nav2d``: the metrics.json contract, eval, resume, the random baseline, refused flags."""
+"""``metajax train --task nav2d``: metrics.json, eval, resume (MAML-RL, ProMP), the random baseline, refused flags."""
 
 from __future__ import annotations
 
@@ -56,6 +56,39 @@ def test_resumed_run_ends_as_the_uninterrupted_one(four_steps, tmp_path):
     np.testing.assert_allclose(resumed["eval"]["return"]["mean"], straight["eval"]["return"]["mean"][:1], rtol=1e-5)
 
 
+PROMP = ("--outer-steps", "2")
+
+
+@pytest.fixture(scope="module")
+def promp_four_steps(tmp_path_factory):
+    """A 4-step ProMP run's folder (2 outer steps per sample, to keep it small)."""
+    out = tmp_path_factory.mktemp("rl") / "promp"
+    assert cli.main(nav2d(out, "promp", *PROMP, "--steps", "4")) == 0
+    return out
+
+
+def test_promp_run_writes_the_metrics_contract(promp_four_steps):
+    metrics = json.loads((promp_four_steps / "metrics.json").read_text())
+    assert metrics["config"]["outer_steps"] == 2 and metrics["config"]["clip_eps"] == 0.2
+    curve = metrics["train"]["curve"]
+    assert [e["step"] for e in curve] == [2, 4] and all(e["inner_kl_coeff"] > 0 for e in curve)
+    assert all(e["loss"] == -e["return"] for e in curve)  # the trainer's loss is minus the post-adaptation return
+    ret = metrics["eval"]["return"]
+    assert len(ret["mean"]) == len(ret["ci95"]) == 4 and all(m < 0 for m in ret["mean"])
+
+
+def test_resumed_promp_run_ends_as_the_uninterrupted_one(promp_four_steps, tmp_path):
+    out = tmp_path / "run"
+    assert cli.main(nav2d(out, "promp", *PROMP, "--steps", "2", "--eval-steps", "0")) == 0
+    assert cli.main(nav2d(out, "promp", *PROMP, "--steps", "4", "--eval-steps", "0", "--resume", str(out))) == 0
+    resumed = json.loads((out / "metrics.json").read_text())
+    straight = json.loads((promp_four_steps / "metrics.json").read_text())
+    # The KL coefficients live with the parameters, so the checkpoint carries them to the resumed steps.
+    for name in ("loss", "inner_kl_coeff"):
+        assert [e[name] for e in resumed["train"]["curve"]] == [e[name] for e in straight["train"]["curve"]]
+    np.testing.assert_allclose(resumed["eval"]["return"]["mean"], straight["eval"]["return"]["mean"][:1], rtol=1e-5)
+
+
 def test_random_baseline_is_evaluated_at_its_initialisation(tmp_path):
     out = tmp_path / "random"
     assert cli.main(nav2d(out, "random")) == 0
@@ -80,6 +113,26 @@ def test_random_baseline_is_evaluated_at_its_initialisation(tmp_path):
             "--algo random is not meta-trained (0 meta-steps); drop --steps.",
         ),
         (["--task", "nav2d", "--algo", "maml-rl", "--horizon", "0"], "--horizon must be a positive integer, got 0."),
+        (
+            ["--task", "nav2d", "--algo", "maml-rl", "--outer-steps", "3"],
+            "--outer-steps applies to --algo promp only, not --algo maml-rl.",
+        ),
+        (
+            ["--task", "nav2d", "--algo", "promp", "--first-order"],
+            "--first-order applies to --algo maml-rl only, not --algo promp.",
+        ),
+        (
+            ["--task", "nav2d", "--algo", "promp", "--outer-steps", "0"],
+            "--outer-steps must be a positive integer, got 0.",
+        ),
+        (
+            ["--task", "nav2d", "--algo", "promp", "--clip-eps", "1.5"],
+            "--clip-eps must be in (0, 1), PPO's clip range of the likelihood ratio; got 1.5.",
+        ),
+        (
+            ["--task", "nav2d", "--algo", "promp", "--task-batching", "map"],
+            "--task-batching map does not apply to --algo promp: it meta-updates on one device, its tasks vmapped.",
+        ),
         (["--task", "nav2d", "--algo", "maml-rl", "--ways", "5"], "--ways does not apply to --task nav2d"),
     ],
 )
