@@ -230,8 +230,8 @@ def meta_step(
     """
     check_positive_int("meta_batch", meta_batch)
     check_choice("task_batching", task_batching, TASK_BATCHING)
-    updater = isinstance(learner, MetaUpdater)
-    if updater and (mesh is not None or task_batching != "vmap"):
+    updater = learner if isinstance(learner, MetaUpdater) else None
+    if updater is not None and (mesh is not None or task_batching != "vmap"):
         raise ValueError(
             f"{type(learner).__name__} makes its own meta-update, with its tasks vmapped on one device: it takes "
             f"task_batching='vmap' and no mesh, got task_batching={task_batching!r} and mesh={mesh}."
@@ -248,8 +248,8 @@ def meta_step(
         key, k_tasks, k_loss = jax.random.split(jax.random.wrap_key_data(state.key), 3)
         episodes = task.sample(k_tasks, meta_batch)
         keys = jax.random.split(k_loss, meta_batch)
-        if updater:
-            params, opt_state, loss, metrics = learner.meta_update(
+        if updater is not None:
+            params, opt_state, loss, metrics = updater.meta_update(
                 state.params, state.opt_state, episodes, keys, optimizer
             )
         else:

@@ -161,6 +161,21 @@ def test_nav2d_script_collects_the_runs_and_prints_the_readme_table(four_steps, 
     assert (tmp_path / "return.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_nav2d_script_draws_a_runs_trajectories_before_and_after_adaptation(promp_four_steps, tmp_path):
+    script = Path(__file__).resolve().parents[2] / "scripts" / "rl_nav2d.py"
+    env = {**os.environ, "PYTHONPATH": str(script.parents[1] / "src")}
+    args = ["trajectories", str(promp_four_steps), str(tmp_path / "t.json"), str(tmp_path / "t.png"), "--goals", "2"]
+    subprocess.run([sys.executable, str(script), *args, "--steps", "1"], env=env, check=True, capture_output=True)
+    result = json.loads((tmp_path / "t.json").read_text())
+    assert result["algo"] == "promp" and result["checkpoint_step"] == 4 and result["steps"] == [0, 1]
+    paths = np.array(result["paths"])
+    assert paths.shape == (2, 2, 5, 2)  # goals, adaptation steps, horizon, position
+    np.testing.assert_array_equal(paths[:, :, 0], 0.0)  # every path starts at the origin
+    assert np.abs(np.diff(paths, axis=2)).max() <= 0.1 + 1e-6  # actions clipped to 0.1
+    assert np.array(result["returns"]).shape == (2, 2)
+    assert (tmp_path / "t.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
 def test_the_readme_table_is_the_committed_json_s():
     root = Path(__file__).resolve().parents[2]
     script = root / "scripts" / "rl_nav2d.py"
