@@ -118,6 +118,10 @@ def test_random_baseline_is_evaluated_at_its_initialisation(tmp_path):
             "--outer-steps applies to --algo promp only, not --algo maml-rl.",
         ),
         (
+            ["--task", "nav2d", "--algo", "maml-rl", "--clip-eps", "0.3"],
+            "--clip-eps applies to --algo promp only, not --algo maml-rl.",
+        ),
+        (
             ["--task", "nav2d", "--algo", "promp", "--first-order"],
             "--first-order applies to --algo maml-rl only, not --algo promp.",
         ),
