@@ -78,11 +78,14 @@ def check(args: argparse.Namespace, given) -> None:
     for algo, names in ALGO_FLAGS.items():
         if rl_algo and args.algo != algo and given(names):
             raise CommandError(f"{given(names)} applies to --algo {algo} only, not --algo {args.algo}.")
-    # ProMP's meta-update is its own (metajax.learner.MetaUpdater): one device, tasks vmapped.
-    spread = {"--task-batching map": args.task_batching == "map", "--devices": args.devices not in (None, 1)}
-    spread["--coordinator"] = args.coordinator is not None
-    for name in (n for n, bad in spread.items() if bad and args.algo == "promp"):
-        raise CommandError(f"{name} does not apply to --algo promp: it meta-updates on one device, its tasks vmapped.")
+    if args.algo == "promp":  # its meta-update is its own (metajax.learner.MetaUpdater): one device, tasks vmapped
+        spread = {"--task-batching map": args.task_batching == "map", "--devices": args.devices not in (None, 1)}
+        spread["--coordinator"] = args.coordinator is not None
+        name = next((name for name, given_here in spread.items() if given_here), None)
+        if name is not None:
+            raise CommandError(
+                f"{name} does not apply to --algo promp: it meta-updates on one device, its tasks vmapped."
+            )
     if args.algo in UNTRAINED and given(("steps",)):
         raise CommandError(f"--algo {args.algo} is not meta-trained (0 meta-steps); drop --steps.")
 
