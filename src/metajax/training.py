@@ -25,7 +25,7 @@ from metajax._checks import check_choice, check_positive, check_positive_int
 from metajax._tree import is_array, partition
 from metajax.distributed import TASK_AXIS, replicate
 from metajax.episode import Episode, validate_episode
-from metajax.learner import MetaObjective, StepDependent, check_conforms
+from metajax.learner import MetaObjective, MetaUpdater, StepDependent, check_conforms
 from metajax.tasks.base import TaskDistribution
 
 if TYPE_CHECKING:  # orbax is imported only by runs that checkpoint
@@ -238,8 +238,9 @@ def meta_step(
     Draws ``meta_batch`` episodes from the state's key, evaluates ``learner.loss`` (or
     ``loss_at`` the state's step, :func:`task_loss`) on each task (``vmap`` over tasks, or
     ``lax.map`` with ``task_batching="map"``), averages, differentiates and applies one
-    ``optimizer`` update. ``metrics`` holds the mean ``loss`` and the mean of every metric
-    the learner returns.
+    ``optimizer`` update; a :class:`~metajax.learner.MetaUpdater` makes the update itself
+    from the episodes. ``metrics`` holds the mean ``loss`` and the mean of every metric the
+    learner returns.
 
     With a ``mesh``, the tasks are split over its ``axis_name`` devices: each device
     evaluates ``meta_batch / devices`` of the same episodes the single-device step draws,
@@ -248,6 +249,12 @@ def meta_step(
     """
     check_positive_int("meta_batch", meta_batch)
     check_choice("task_batching", task_batching, TASK_BATCHING)
+    updater = learner if isinstance(learner, MetaUpdater) else None
+    if updater is not None and (mesh is not None or task_batching != "vmap"):
+        raise ValueError(
+            f"{type(learner).__name__} makes its own meta-update, with its tasks vmapped on one device: it takes "
+            f"task_batching='vmap' and no mesh, got task_batching={task_batching!r} and mesh={mesh}."
+        )
     if mesh is None:
 
         def value_and_grad(params, episodes, keys, step):
@@ -260,9 +267,14 @@ def meta_step(
         key, k_tasks, k_loss = jax.random.split(jax.random.wrap_key_data(state.key), 3)
         episodes = task.sample(k_tasks, meta_batch)
         keys = jax.random.split(k_loss, meta_batch)
-        (loss, metrics), grads = value_and_grad(state.params, episodes, keys, state.step)
-        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
+        if updater is not None:
+            params, opt_state, loss, metrics = updater.meta_update(
+                state.params, state.opt_state, episodes, keys, optimizer
+            )
+        else:
+            (loss, metrics), grads = value_and_grad(state.params, episodes, keys, state.step)
+            updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+            params = optax.apply_updates(state.params, updates)
         new = state.replace(step=state.step + 1, params=params, opt_state=opt_state, key=jax.random.key_data(key))
         return new, {"loss": loss, **metrics}
 

@@ -608,30 +608,8 @@ def eval_command(args: argparse.Namespace) -> dict:
     check_eval(args)
     check_seed(args.seed)
     check_positive_ints(args, ("test_query",), optional=True)
-    import jax
-
-    from metajax.checkpoint import Checkpointer
-    from metajax.training import init_state
-
-    checkpoints = args.run / "checkpoints"
-    if not checkpoints.is_dir():
-        raise CommandError(f"{args.run} holds no checkpoints/ folder; pass the --out of a metajax train run.")
-    checkpointer = Checkpointer(checkpoints, every=1)
-    try:
-        record = _newest_record(checkpointer, args.step)
-        train_args = build_parser().parse_args(["train", "--out", str(args.run)])
-        for name, value in record.items():
-            if hasattr(train_args, name):
-                setattr(train_args, name, Path(value) if name in ("out", "data_root", "resume") and value else value)
-        _fill_defaults(train_args)  # a record holds every setting; older ones may lack newer flags
-        for name in ("eval_steps", "test_query", "data_root"):
-            if getattr(args, name) is not None:
-                setattr(train_args, name, getattr(args, name))
-    finally:
-        checkpointer.close()
-    run = _prepare(train_args)
-    like = init_state(run.learner, run.train_task, run.optimizer, jax.random.key(0))
-    state, _ = _restore_newest(args.run, like, args.step)
+    overrides = {name: getattr(args, name) for name in ("eval_steps", "test_query", "data_root")}
+    record, train_args, run, state = restore_run(args.run, args.step, overrides)
     seed = train_args.seed if args.seed is None else args.seed
     result = {
         "config": {
@@ -647,6 +625,39 @@ def eval_command(args: argparse.Namespace) -> dict:
     }
     write_json_atomic(args.run / "eval.json", result)
     return result
+
+
+def restore_run(run_dir: Path, step: int | None = None, overrides: dict | None = None):
+    """``(record, train arguments, prepared run, state)`` of checkpoint ``step`` (default: newest) of ``run_dir``.
+
+    The learner and tasks are rebuilt from the checkpoint's record; ``overrides`` (flag name:
+    value, ``None`` for keep) replace recorded settings that do not shape the parameters.
+    """
+    import jax
+
+    from metajax.checkpoint import Checkpointer
+    from metajax.training import init_state
+
+    checkpoints = run_dir / "checkpoints"
+    if not checkpoints.is_dir():
+        raise CommandError(f"{run_dir} holds no checkpoints/ folder; pass the --out of a metajax train run.")
+    checkpointer = Checkpointer(checkpoints, every=1)
+    try:
+        record = _newest_record(checkpointer, step)
+        train_args = build_parser().parse_args(["train", "--out", str(run_dir)])
+        for name, value in record.items():
+            if hasattr(train_args, name):
+                setattr(train_args, name, Path(value) if name in ("out", "data_root", "resume") and value else value)
+        _fill_defaults(train_args)  # a record holds every setting; older ones may lack newer flags
+        for name, value in (overrides or {}).items():
+            if value is not None:
+                setattr(train_args, name, value)
+    finally:
+        checkpointer.close()
+    run = _prepare(train_args)
+    like = init_state(run.learner, run.train_task, run.optimizer, jax.random.key(0))
+    state, _ = _restore_newest(run_dir, like, step)
+    return record, train_args, run, state
 
 
 def _newest_record(checkpointer, step: int | None) -> dict:
