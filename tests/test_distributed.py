@@ -92,7 +92,7 @@ _EIGHT_DEVICES = textwrap.dedent(
 def test_sharded_step_on_eight_devices_equals_one_device():
     env = dict(
         os.environ,
-        XLA_FLAGS="--xla_force_host_platform_device_count=8",
+        XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=8",
         JAX_PLATFORMS="cpu",
         PYTHONPATH=os.pathsep.join([SRC, os.environ.get("PYTHONPATH", "")]),
     )

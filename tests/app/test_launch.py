@@ -21,7 +21,8 @@ RUN = (
 
 def _processes(out, steps, *extra):
     """Two ``metajax train`` processes with two CPU devices each, joined over 127.0.0.1."""
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu")
+    flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=2"
+    env = dict(os.environ, XLA_FLAGS=flags, JAX_PLATFORMS="cpu")
     env["PYTHONPATH"] = os.pathsep.join([SRC, env.get("PYTHONPATH", "")])
     address = f"127.0.0.1:{free_port()}"
     command = [sys.executable, "-m", "metajax.app.cli", *RUN.split(), "--steps", str(steps), "--out", str(out)]

@@ -412,6 +412,11 @@ def _refuse_inapplicable(args: argparse.Namespace) -> None:
     rl_app.check(args, given)
     if args.task in ("sinusoid", *rl_app.TASKS) and given(IMAGE_FLAGS):
         raise CommandError(f"{given(IMAGE_FLAGS)} does not apply to --task {args.task}; it sets the image tasks.")
+    if args.task in rl_app.TASKS and given(("query", "test_query")):
+        raise CommandError(
+            f"{given(('query', 'test_query'))} does not apply to --task {args.task}; its episodes are rollouts "
+            "(--episodes, --horizon)."
+        )
     for algo, names in LEARNER_FLAGS.items():
         if args.algo != algo and given(names):
             raise CommandError(f"{given(names)} applies to --algo {algo} only, not --algo {args.algo}.")
