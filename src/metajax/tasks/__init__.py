@@ -4,14 +4,17 @@
 :class:`RaggedFewShot` from classes of different sizes.
 
 Every distribution draws its episodes on the device from a PRNG key, so the trainer
-samples inside the jitted meta-step. :mod:`metajax.tasks.trajectories` holds OML's
-meta-training distributions; the continual-learning streams are
+samples inside the jitted meta-step. For datasets larger than the device,
+:class:`HostEpisodes` draws the same episodes on CPU workers (Grain) and feeds them to the
+step: an :class:`EpisodeFeed`, which the trainer takes in place of a distribution.
+:mod:`metajax.tasks.trajectories` holds OML's meta-training distributions; the continual-learning streams are
 :mod:`metajax.tasks.sequences` (a fixed sequence of tasks, :class:`TaskSequence`) and
 :mod:`metajax.tasks.lifelong` (an OSAKA-style schedule over a pool of tasks).
 """
 
-from metajax.tasks.base import TaskDistribution
+from metajax.tasks.base import EpisodeFeed, TaskDistribution
 from metajax.tasks.fewshot import FewShot, benchmark
+from metajax.tasks.host import HostEpisodes, ImageFiles
 from metajax.tasks.lifelong import NEW, OOD, SEEN, LifelongStream, Schedule, draw_batch
 from metajax.tasks.ragged import RaggedFewShot
 from metajax.tasks.sequences import TaskSequence, class_incremental, domain_incremental, incremental_sine, rotate
@@ -20,10 +23,13 @@ from metajax.tasks.trajectories import SineTrajectories, Trajectories
 
 __all__ = [
     "TaskDistribution",
+    "EpisodeFeed",
     "Sinusoid",
     "FewShot",
     "RaggedFewShot",
     "benchmark",
+    "HostEpisodes",
+    "ImageFiles",
     "Trajectories",
     "SineTrajectories",
     "TaskSequence",
