@@ -542,7 +542,7 @@ def _check_feed(feed: EpisodeFeed, meta_batch: int, mesh: Mesh | None, step: int
         raise ValueError("mesh: an episode feed trains on one device for now; pass mesh=None or a task distribution.")
     if feed.position != step:
         raise ValueError(
-            f"The episode feed has served {feed.position} meta-steps but state is at step {step}, so the run would "
+            f"The episode feed has served {feed.position} batches but state is at step {step}, so the run would "
             f"not continue its episode stream; restore the feed's position saved with the state: "
             f"feed.set_state(checkpointer.pipeline_state({step}))."
         )
