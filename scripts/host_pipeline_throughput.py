@@ -58,13 +58,13 @@ def main() -> dict:
         return HostEpisodes(images, **shape, tasks_per_step=args.meta_batch, seed=0, workers=args.workers)
 
     def run(mode: str) -> dict:
-        load_before = os.getloadavg()
+        load_before = list(os.getloadavg())
         if mode == "device":
             rate = _episodes_per_s(learner, device_task, args)
         else:
             with host_feed() as feed:
                 rate = _episodes_per_s(learner, feed, args)
-        return {"mode": mode, "episodes_per_s": rate, "load_before": load_before, "load_after": os.getloadavg()}
+        return {"mode": mode, "episodes_per_s": rate, "load_before": load_before, "load_after": list(os.getloadavg())}
 
     for mode in ("device", "host"):  # compile both programs before timing
         run(mode)
