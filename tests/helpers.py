@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import socket
 
 import flax.linen as nn
 import jax
@@ -16,9 +17,33 @@ from metajax import models
 from metajax.rl.envs import PointState
 
 
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now (for a ``--coordinator`` in tests: loopback only)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def one_task(task, seed: int = 0):
     """An unbatched episode of ``task``."""
     return jax.tree.map(lambda a: a[0], task.sample(jax.random.key(seed), 1))
+
+
+class CountingLearner:
+    """Delegates to a learner and counts how often ``loss`` is traced."""
+
+    def __init__(self, learner):
+        self.learner, self.traces = learner, 0
+
+    def init(self, key, episode):
+        return self.learner.init(key, episode)
+
+    def adapted_params(self, params):
+        return self.learner.adapted_params(params)
+
+    def loss(self, params, episode, key):
+        self.traces += 1
+        return self.learner.loss(params, episode, key)
 
 
 def assert_queries_answered_alone(learner, episode) -> jax.Array:

@@ -21,7 +21,7 @@ import optax
 import pytest
 
 import metajax
-from helpers import Flatten, VectorTasks, one_task
+from helpers import CountingLearner, Flatten, VectorTasks, one_task
 from metajax import learner as registry
 from metajax import models, tasks
 from metajax.training import batch_value_and_grad
@@ -61,9 +61,11 @@ ONLINE_ONE = [(name, registry.entry(name).kinds[0]) for name in dict(ONLINE)]
 
 def test_the_suite_covers_every_registered_learner():
     assert {name for name, _ in META} | {name for name, _ in ONLINE} == set(registry.names())
-    # 6 gradient learners x 2 kinds + 2 metric ones (classification) + the in-context Transformer and
-    # SNAIL x 2 kinds + FEAT (classification) + OML's meta-training x 2 kinds; 6 online learners x 2 kinds.
-    assert (len(META), len(ONLINE), len(META_ONE), len(ONLINE_ONE)) == (21, 12, 12, 6)
+    # 7 gradient learners (MAML++ among them) x 2 kinds + 2 metric ones (classification) + the in-context
+    # Transformer and SNAIL x 2 kinds + FEAT (classification) + OML's meta-training x 2 kinds; 6 online
+    # learners x 2 kinds.
+    assert (len(META), len(ONLINE), len(META_ONE), len(ONLINE_ONE)) == (23, 12, 13, 6)
+    assert ("maml++", "regression") in META_ONE and ("maml++", "classification") in META
 
 
 def _case_id(case):
@@ -92,23 +94,6 @@ def online(request):
 def online_one(request):
     name, kind = request.param
     return _build(name, kind), kind
-
-
-class CountingLearner:
-    """Delegates to a learner and counts how often ``loss`` is traced."""
-
-    def __init__(self, learner):
-        self.learner, self.traces = learner, 0
-
-    def init(self, key, episode):
-        return self.learner.init(key, episode)
-
-    def adapted_params(self, params):
-        return self.learner.adapted_params(params)
-
-    def loss(self, params, episode, key):
-        self.traces += 1
-        return self.learner.loss(params, episode, key)
 
 
 def _frozen(learner):

@@ -106,6 +106,7 @@ def test_import_metajax_gives_the_readme_modules_without_the_application():
         "print(metajax.checkpoint.Checkpointer.__name__, metajax.continual.OML.__name__,"
         " metajax.plots.plot_run.__name__)\n"
         "assert 'metajax.app' not in sys.modules\n"
+        "assert 'equinox' not in sys.modules  # an optional extra: metajax imports without it\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["Checkpointer", "OML", "plot_run"]

@@ -9,6 +9,12 @@ functions, not a base class):
 * :class:`Learner`: a ``MetaObjective`` that also adapts, predicts and evaluates one task;
   :func:`metajax.evaluate` takes a ``Learner``.
 * :class:`OnlineLearner`: learns a stream one batch at a time (the continual drivers).
+* :class:`MetaUpdater`: a ``MetaObjective`` that makes the meta-update itself (ProMP takes
+  several optimizer steps on one sample of trajectories); :func:`metajax.train` calls it
+  instead of differentiating the mean ``loss`` for one update.
+
+A meta-objective that follows the meta-step (MAML++) also has ``loss_at``
+(:class:`StepDependent`).
 
 The registry maps a learner's name to a factory ``factory(spec, **options)`` that builds it
 for a task kind and a network family (:class:`Spec`). The command line, the benchmark and
@@ -56,6 +62,34 @@ class MetaObjective(Protocol):
 
         The library reads it to batch tasks: per-task convolution weights run one task at
         a time on CPU (see :func:`metajax.training.resolve_task_batching`).
+        """
+        ...
+
+
+@runtime_checkable
+class StepDependent(Protocol):
+    """A meta-objective that changes with the meta-step (MAML++'s annealed loss weights and derivative order).
+
+    :func:`metajax.train` calls ``loss_at`` with the state's step in place of ``loss``; the
+    step is traced, so the schedule costs no recompilation.
+    """
+
+    def loss_at(self, params: Params, episode: Episode, key: jax.Array, step: jax.Array) -> tuple[jax.Array, Metrics]:
+        """``loss`` at meta-step ``step`` (an int32 scalar, 0 for the first meta-step)."""
+        ...
+
+
+@runtime_checkable
+class MetaUpdater(MetaObjective, Protocol):
+    """A :class:`MetaObjective` whose meta-step is its own: the trainer hands it the batch and the optimizer."""
+
+    def meta_update(
+        self, params: Params, opt_state: Any, episodes: Episode, keys: jax.Array, optimizer: Any
+    ) -> tuple[Params, Any, jax.Array, Metrics]:
+        """``(params, opt_state, mean loss, mean metrics)`` after meta-updating on ``episodes [tasks, ...]``.
+
+        ``keys [tasks]`` are the tasks' PRNG keys (those ``loss`` would get); ``optimizer`` is
+        the outer Optax transformation whose state is ``opt_state``.
         """
         ...
 

@@ -27,7 +27,7 @@ from metajax._checks import check_choice, check_positive, check_positive_int
 from metajax._tree import is_array, partition
 from metajax.distributed import TASK_AXIS, replicate
 from metajax.episode import Episode, validate_episode
-from metajax.learner import MetaObjective, check_conforms
+from metajax.learner import MetaObjective, MetaUpdater, StepDependent, check_conforms
 from metajax.tasks.base import EpisodeFeed, TaskDistribution
 
 if TYPE_CHECKING:  # orbax is imported only by runs that checkpoint
@@ -183,8 +183,25 @@ def resolve_task_batching(
     return "map" if per_task_conv and jax.default_backend() == "cpu" else "vmap"
 
 
+def task_loss(learner: MetaObjective, step: jax.Array | None = None) -> Callable:
+    """``(params, episode, key) -> (loss, metrics)`` of one task at meta-step ``step``.
+
+    A learner whose objective follows the meta-step (:class:`~metajax.learner.StepDependent`,
+    e.g. MAML++'s annealed schedules) is given ``step`` (a traced int32 scalar); otherwise,
+    or with ``step=None``, this is ``learner.loss``.
+    """
+    if step is not None and isinstance(learner, StepDependent):
+        return functools.partial(learner.loss_at, step=step)
+    return learner.loss
+
+
 def batch_value_and_grad(
-    learner: MetaObjective, params: Any, episodes: Episode, keys: jax.Array, task_batching: str = "vmap"
+    learner: MetaObjective,
+    params: Any,
+    episodes: Episode,
+    keys: jax.Array,
+    task_batching: str = "vmap",
+    step: jax.Array | None = None,
 ) -> tuple[tuple[jax.Array, dict], Any]:
     """``((mean loss, mean metrics), gradient of the mean loss)`` over a batch of tasks.
 
@@ -192,16 +209,17 @@ def batch_value_and_grad(
     task at a time (a ``lax.scan``) and differentiates inside it, accumulating the sum of
     the per-task gradients, as a PyTorch loop over tasks does: the backward pass needs only
     one task's activations at a time, instead of the residuals of every task that the
-    gradient of a ``lax.map`` keeps.
+    gradient of a ``lax.map`` keeps. ``step`` is the meta-step, for :func:`task_loss`.
     """
+    loss = task_loss(learner, step)
     if task_batching == "vmap":
 
         def batch_loss(params):
-            losses, metrics = jax.vmap(learner.loss, in_axes=(None, 0, 0))(params, episodes, keys)
+            losses, metrics = jax.vmap(loss, in_axes=(None, 0, 0))(params, episodes, keys)
             return jnp.mean(losses), jax.tree.map(jnp.mean, metrics)
 
         return jax.value_and_grad(batch_loss, has_aux=True)(params)
-    one = jax.value_and_grad(learner.loss, has_aux=True)
+    one = jax.value_and_grad(loss, has_aux=True)
 
     def add(total, episode_key):
         value_grad = one(params, *episode_key)
@@ -228,10 +246,12 @@ def meta_step(
 
     Draws ``meta_batch`` episodes from the state's key (``task.sample``) or, when ``task``
     is an :class:`~metajax.tasks.base.EpisodeFeed`'s ``assemble``, makes them from the fed
-    ``batch`` with a key drawn as ``sample``'s would be; then evaluates ``learner.loss`` on each
-    task (``vmap`` over tasks, or ``lax.map`` with ``task_batching="map"``), averages,
-    differentiates and applies one ``optimizer`` update. ``metrics`` holds the mean
-    ``loss`` and the mean of every metric the learner returns.
+    ``batch`` with a key drawn as ``sample``'s would be; then evaluates ``learner.loss`` (or
+    ``loss_at`` the state's step, :func:`task_loss`) on each task (``vmap`` over tasks, or
+    ``lax.map`` with ``task_batching="map"``), averages, differentiates and applies one
+    ``optimizer`` update; a :class:`~metajax.learner.MetaUpdater` makes the update itself
+    from the episodes. ``metrics`` holds the mean ``loss`` and the mean of every metric the
+    learner returns.
 
     With a ``mesh``, the tasks are split over its ``axis_name`` devices: each device
     evaluates ``meta_batch / devices`` of the same episodes the single-device step draws,
@@ -240,10 +260,16 @@ def meta_step(
     """
     check_positive_int("meta_batch", meta_batch)
     check_choice("task_batching", task_batching, TASK_BATCHING)
+    updater = learner if isinstance(learner, MetaUpdater) else None
+    if updater is not None and (mesh is not None or task_batching != "vmap"):
+        raise ValueError(
+            f"{type(learner).__name__} makes its own meta-update, with its tasks vmapped on one device: it takes "
+            f"task_batching='vmap' and no mesh, got task_batching={task_batching!r} and mesh={mesh}."
+        )
     if mesh is None:
 
-        def value_and_grad(params, episodes, keys):
-            return batch_value_and_grad(learner, params, episodes, keys, task_batching)
+        def value_and_grad(params, episodes, keys, step):
+            return batch_value_and_grad(learner, params, episodes, keys, task_batching, step)
 
     else:
         value_and_grad = _sharded_value_and_grad(learner, meta_batch, mesh, task_batching, axis_name)
@@ -255,9 +281,14 @@ def meta_step(
         else:
             episodes = cast(Callable[[Any, jax.Array], Episode], task)(batch, k_tasks)
         keys = jax.random.split(k_loss, meta_batch)
-        (loss, metrics), grads = value_and_grad(state.params, episodes, keys)
-        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
+        if updater is not None:
+            params, opt_state, loss, metrics = updater.meta_update(
+                state.params, state.opt_state, episodes, keys, optimizer
+            )
+        else:
+            (loss, metrics), grads = value_and_grad(state.params, episodes, keys, state.step)
+            updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+            params = optax.apply_updates(state.params, updates)
         new = state.replace(step=state.step + 1, params=params, opt_state=opt_state, key=jax.random.key_data(key))
         return new, {"loss": loss, **metrics}
 
@@ -273,19 +304,20 @@ def _sharded_value_and_grad(learner, meta_batch: int, mesh: Mesh, task_batching:
             f"(each takes an equal share of the tasks), got meta_batch={meta_batch}."
         )
 
-    def local(params, episodes, keys):
+    def local(params, episodes, keys, step):
         # Mark the replicated parameters as varying over the task axis: a gradient with
         # respect to a device-invariant value would be summed over devices (its transpose
         # is a psum), which would mix the tasks of all devices into every inner step.
         params = jax.lax.pcast(params, axis_name, to="varying")
         keys = jax.random.wrap_key_data(keys)
         # Equal shares, so the mean of the devices' means is the mean over all tasks.
-        return jax.lax.pmean(batch_value_and_grad(learner, params, episodes, keys, task_batching), axis_name)
+        value_grad = batch_value_and_grad(learner, params, episodes, keys, task_batching, step)
+        return jax.lax.pmean(value_grad, axis_name)
 
-    sharded = jax.shard_map(local, mesh=mesh, in_specs=(P(), P(axis_name), P(axis_name)), out_specs=P())
+    sharded = jax.shard_map(local, mesh=mesh, in_specs=(P(), P(axis_name), P(axis_name), P()), out_specs=P())
 
-    def value_and_grad(params, episodes, keys):
-        return sharded(params, episodes, jax.random.key_data(keys))  # raw keys split over the task axis
+    def value_and_grad(params, episodes, keys, step):
+        return sharded(params, episodes, jax.random.key_data(keys), step)  # raw keys split over the task axis
 
     return value_and_grad
 
@@ -542,7 +574,7 @@ def _check_feed(feed: EpisodeFeed, meta_batch: int, mesh: Mesh | None, step: int
         raise ValueError("mesh: an episode feed trains on one device for now; pass mesh=None or a task distribution.")
     if feed.position != step:
         raise ValueError(
-            f"The episode feed has served {feed.position} batches but state is at step {step}, so the run would "
+            f"The episode feed has served {feed.position} batches while state is at step {step}, so the run would "
             f"not continue its episode stream; restore the feed's position saved with the state: "
             f"feed.set_state(checkpointer.pipeline_state({step}))."
         )

@@ -164,7 +164,7 @@ def test_test_query_sets_the_test_episodes_and_eval_reads_or_replaces_it(tmp_pat
 
 def test_test_query_of_image_tasks_is_checked_against_the_examples_per_class(tmp_path, monkeypatch):
     from metajax import tasks
-    from metajax.tasks.fewshot import Benchmark
+    from metajax.tasks import Benchmark
 
     def benchmark(name, *, ways, shots, queries, root):  # 10 classes of 20 blank images, for the shapes only
         split = tasks.FewShot(np.zeros((10, 20, 4, 4, 1), np.uint8), ways=ways, shots=shots, queries=queries)

@@ -19,7 +19,7 @@ def test_every_protocol_config_is_a_valid_train_command_citing_its_paper():
     for path in paths:
         args = _parse("--config", str(path))
         assert args.config == path and args.task in ("omniglot", "miniimagenet"), path
-        assert path.stem.startswith(args.algo + "-" + args.task), path
+        assert path.stem.startswith(args.algo.replace("+", "p") + "-" + args.task), path  # maml++: mamlpp-...
         assert "et al." in path.read_text(), path  # the paper it follows is cited
 
 

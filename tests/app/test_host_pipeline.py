@@ -16,7 +16,7 @@ import metajax
 from metajax import models
 from metajax.app import cli
 from metajax.checkpoint import Checkpointer
-from metajax.tasks import FewShot, HostEpisodes
+from metajax.tasks import FewShot, HostEpisodes, RaggedFewShot
 
 OUT = ["--out", "/nonexistent-metajax-run"]  # refused before anything is written
 
@@ -28,7 +28,7 @@ OUT = ["--out", "/nonexistent-metajax-run"]  # refused before anything is writte
             ["--task", "omniglot", "--workers", "3"],
             "--workers 3 sets the threads of --host-pipeline; pass --host-pipeline",
         ),
-        (["--host-pipeline"], "--host-pipeline draws image episodes (omniglot, miniimagenet), not --task sinusoid."),
+        (["--host-pipeline"], "--host-pipeline draws image episodes (the image tasks), not --task sinusoid."),
     ],
 )
 def test_flags_that_do_not_apply_are_refused(argv, message, capsys):
@@ -55,6 +55,13 @@ def test_the_feed_draws_the_training_task_s_episodes():
         assert all(
             any((image == row).all() for row in images.reshape(-1, 2, 2, 1)) for image in first.reshape(-1, 2, 2, 1)
         )
+
+
+def test_a_ragged_task_gives_a_feed_over_its_classes():
+    images = np.arange(12 * 2 * 2, dtype=np.uint8).reshape(12, 2, 2, 1)
+    task = RaggedFewShot(images, np.array([0, 3, 8]), np.array([3, 5, 4]), ways=2, shots=1, queries=2)
+    with cli._host_pipeline(_args("--meta-batch", "2"), task) as feed:
+        assert feed.num_classes == 3 and next(feed).shape == (2, 2, 3, 2, 2, 1)
 
 
 def test_resume_restores_the_position_saved_with_the_checkpoint(tmp_path):

@@ -2,7 +2,6 @@
 
 import json
 import os
-import socket
 import subprocess
 import sys
 
@@ -10,6 +9,7 @@ import jax
 import numpy as np
 import pytest
 
+from helpers import free_port
 from metajax.app import cli
 from metajax.checkpoint import Checkpointer
 
@@ -19,17 +19,11 @@ RUN = (
 )
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _processes(out, steps, *extra):
     """Two ``metajax train`` processes with two CPU devices each, joined over 127.0.0.1."""
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu")
     env["PYTHONPATH"] = os.pathsep.join([SRC, env.get("PYTHONPATH", "")])
-    address = f"127.0.0.1:{_free_port()}"
+    address = f"127.0.0.1:{free_port()}"
     command = [sys.executable, "-m", "metajax.app.cli", *RUN.split(), "--steps", str(steps), "--out", str(out)]
     procs = [
         subprocess.Popen(

@@ -204,7 +204,7 @@ def test_resume_from_a_checkpoint_continues_the_episode_stream(feeds, tmp_path):
     like = init_state(_learner(), feeds(), optimizer, COMMON["key"])
     half, _ = checkpointer.restore(like)
     resumed_feed = feeds()
-    with pytest.raises(ValueError, match="has served 0 batches but state is at step 3.*pipeline_state\\(3\\)"):
+    with pytest.raises(ValueError, match="has served 0 batches while state is at step 3.*pipeline_state\\(3\\)"):
         metajax.train(_learner(), resumed_feed, optimizer, num_steps=6, state=half, **COMMON)
     resumed_feed.set_state(checkpointer.pipeline_state(3))
     resumed, rest = metajax.train(_learner(), resumed_feed, optimizer, num_steps=6, state=half, **COMMON)

@@ -314,23 +314,37 @@ def _descend(grad_fn, params, optimizer, num_steps, xs, stop_inner_gradient, tra
 
 
 class LearnedRatesState(NamedTuple):
-    """``scale_by_learned_rates`` keeps no state."""
+    """``scale_by_learned_rates``'s state: the inner updates taken (read with per-step rates only)."""
+
+    taken: jax.Array
 
 
-def scale_by_learned_rates(rates: Params) -> optax.GradientTransformation:
-    """Inner optimizer of Meta-SGD: ``update = -rates * grad``, elementwise.
+def scale_by_learned_rates(rates: Params, *, per_step: bool = False) -> optax.GradientTransformation:
+    """Inner optimizer with learned step sizes: ``update = -rates * grad``.
 
     Args:
-        rates: a pytree of step sizes with the structure of the adapted parameters.
+        rates: a pytree with the structure of the adapted parameters. Without
+            ``per_step``, each leaf broadcasts against its parameter (Meta-SGD: one rate per
+            weight). With ``per_step``, each leaf has a leading axis ``[steps, ...]`` and
+            update ``k`` uses ``rates[k]`` (MAML++'s per-layer per-step rates: leaves
+            ``[steps]``, one scalar per parameter tensor and step); updates past ``steps``
+            use the last row.
+        per_step: index the rates by the update's number.
     """
 
     def init(params):
         del params
-        return LearnedRatesState()
+        return LearnedRatesState(jnp.zeros((), jnp.int32))
 
     def update(updates, state, params=None):
         del params
-        return jax.tree.map(lambda a, g: -a * g, rates, updates), state
+
+        def scaled(a, g):
+            if per_step:
+                a = a[jnp.minimum(state.taken, a.shape[0] - 1)]
+            return -a * g
+
+        return jax.tree.map(scaled, rates, updates), LearnedRatesState(state.taken + 1)
 
     return optax.GradientTransformation(init, update)
 
@@ -377,12 +391,12 @@ def _sgd_or(optimizer: optax.GradientTransformation | None, lr: float) -> optax.
     return optax.sgd(lr) if optimizer is None else optimizer
 
 
-def apply_model(model: nn.Module, params: Params, x: jax.Array) -> jax.Array:
-    """``model.apply({"params": params}, x)``; integer inputs ``x`` are refused (flax would promote them silently)."""
+def apply_model(model: nn.Module, params: Params, x: jax.Array, **kwargs: Any) -> jax.Array:
+    """``model.apply({"params": params}, x, **kwargs)``; integer ``x`` is refused (flax would promote it silently)."""
     if not jnp.issubdtype(x.dtype, jnp.inexact):
         raise TypeError(
             f"the model's inputs x (an episode's support_x / query_x) must be floating point, got dtype {x.dtype} "
             f"{tuple(x.shape)}; convert them, e.g. images as x.astype(jnp.float32) / 255."
         )
     # flax types ``Module.apply`` as ``Any | tuple[Any, variables]``; the tuple comes only with ``mutable=``.
-    return cast(jax.Array, model.apply({"params": params}, x))
+    return cast(jax.Array, model.apply({"params": params}, x, **kwargs))

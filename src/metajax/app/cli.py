@@ -44,13 +44,20 @@ from metajax.app.runs import (
 GRADIENT_ALGORITHMS = registry.names(family="gradient")
 METRIC_ALGORITHMS = registry.names(family="metric")
 ATTENTION_ALGORITHMS = registry.names(family="attention")
-SUPERVISED_TASKS = ("sinusoid", "omniglot", "miniimagenet")
+# The image tasks are the names of tasks.benchmark (tasks.BENCHMARK_SPLITS; a test checks they agree).
+SUPERVISED_TASKS = ("sinusoid", "omniglot", "miniimagenet", "tiered-imagenet", "cifar-fs", "fc100", "cub")
 ALGORITHMS = GRADIENT_ALGORITHMS + METRIC_ALGORITHMS + ATTENTION_ALGORITHMS + rl_app.ALGORITHMS
 TASKS = SUPERVISED_TASKS + rl_app.TASKS
 # MAML paper (Finn et al., 2017): Conv4 with 64 strided filters on Omniglot, 32 max-pooled on
 # miniImageNet; ProtoNets and Matching Networks use 64 max-pooled filters on both, as does the
-# in-context Transformer's embedding (SNAIL's Conv4).
-DEFAULT_FILTERS = {"omniglot": 64, "miniimagenet": 32}
+# in-context Transformer's embedding (SNAIL's Conv4). The other natural-image benchmarks take
+# MAML's miniImageNet setting.
+DEFAULT_FILTERS = {"omniglot": 64, "miniimagenet": 32, "tiered-imagenet": 32, "cifar-fs": 32, "fc100": 32, "cub": 32}
+BN_MODES = ("transductive", "support", "per_step")  # metajax.models.layers.BN_MODES, without importing JAX
+# The learners that give the backbone its support inputs and inner step (MAML's class); the
+# others normalise with the statistics of the batch they are given.
+BN_MODE_ALGORITHMS = ("maml", "fomaml", "imaml", "maml++")
+LR_SCHEDULES = ("constant", "cosine")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -96,6 +103,16 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--inner-lr", type=float, default=None, help="inner SGD step size (default 0.01; 0.1 on nav2d)")
     t.add_argument("--meta-lr", type=float, default=1e-3, help="Adam step size of the outer loop (default 1e-3)")
     t.add_argument("--lr-decay-every", type=int, default=None, help="halve the meta step size every N steps")
+    t.add_argument(
+        "--meta-lr-schedule",
+        choices=LR_SCHEDULES,
+        default=None,
+        help="meta step size over the run: constant, or cosine annealing from --meta-lr to --min-meta-lr over "
+        "--steps (default constant; cosine for maml++)",
+    )
+    t.add_argument(
+        "--min-meta-lr", type=float, default=None, help="the cosine schedule's final meta step size (default 1e-5)"
+    )
     t.add_argument("--steps", type=int, default=None, help="meta-steps (default 70000; 500 on nav2d)")
     t.add_argument("--time-limit", type=float, default=None, help="stop meta-training after this many minutes")
     t.add_argument("--seed", type=int, default=0, help="PRNG seed in [0, 2**32) (default 0)")
@@ -133,6 +150,26 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=None,
         help="clip each iMAML inner gradient to this global norm (default 100; 0: off)",
+    )
+    t.add_argument(
+        "--bn-mode",
+        choices=BN_MODES,
+        default=None,
+        help="batch norm of the image backbones: transductive (statistics of the batch, MAML's), support "
+        "(support statistics for the queries) or per_step (BN weights per inner step, MAML++'s) "
+        "(default transductive; per_step for maml++)",
+    )
+    t.add_argument(
+        "--msl-epochs", type=int, default=None, help="maml++: epochs of the multi-step loss (default 20; 0: off)"
+    )
+    t.add_argument(
+        "--first-order-epochs",
+        type=int,
+        default=None,
+        help="maml++: epochs of first-order meta-gradients before second order (default 0)",
+    )
+    t.add_argument(
+        "--epoch-steps", type=int, default=None, help="maml++: meta-steps per epoch of its schedules (default 500)"
     )
     t.add_argument(
         "--steps-per-call", type=int, default=None, help="meta-steps per dispatch (default: 100 for sinusoid)"
@@ -192,12 +229,14 @@ def _network(args: argparse.Namespace, family: str):
 
     if args.task == "sinusoid":
         return lambda out: models.MLP(hidden=(40, 40), out=out)
+    bn = dict(bn=args.bn_mode, bn_steps=args.inner_steps if args.bn_mode == "per_step" else 1)
     if args.backbone == "resnet12":
-        return lambda out: models.ResNet12(out=out)
+        return lambda out: models.ResNet12(out=out, **bn)
     embedding = family in ("metric", "attention")
     filters = args.filters or (64 if embedding else DEFAULT_FILTERS[args.task])
-    pool = "stride" if args.task == "omniglot" and not embedding else "max"
-    return lambda out: models.Conv4(filters=filters, pool=pool, out=out)
+    # MAML's Omniglot network is strided; MAML++'s reference max-pools on every dataset.
+    pool = "stride" if args.task == "omniglot" and not embedding and args.algo != "maml++" else "max"
+    return lambda out: models.Conv4(filters=filters, pool=pool, out=out, **bn)
 
 
 def build_learner(args: argparse.Namespace, ways: int | None = None):
@@ -225,6 +264,9 @@ def build_learner(args: argparse.Namespace, ways: int | None = None):
         cg_damping=args.imaml_cg_damping,
         inner_clip=args.imaml_inner_clip,
         contrastive=args.feat_contrastive,
+        msl_epochs=args.msl_epochs,
+        first_order_epochs=args.first_order_epochs,
+        epoch_steps=args.epoch_steps,
     )
     return registry.build(args.algo, spec, **options)
 
@@ -255,10 +297,11 @@ def build_tasks(args: argparse.Namespace):
 
 
 # Flags that set only image tasks, only iMAML; their defaults once they are known to apply.
-IMAGE_FLAGS = ("ways", "train_ways", "data_root", "backbone", "filters")
+IMAGE_FLAGS = ("ways", "train_ways", "data_root", "backbone", "filters", "bn_mode")
 # Flags of one learner's own options: refused with any other --algo.
 IMAML_FLAGS = ("imaml_prox", "imaml_cg_steps", "imaml_cg_damping", "imaml_inner_clip")
-LEARNER_FLAGS = {"imaml": IMAML_FLAGS, "feat": ("feat_contrastive",)}
+MAMLPP_FLAGS = ("msl_epochs", "first_order_epochs", "epoch_steps")
+LEARNER_FLAGS = {"imaml": IMAML_FLAGS, "feat": ("feat_contrastive",), "maml++": MAMLPP_FLAGS}
 DEFAULTS = {
     "ways": 5,
     "backbone": "conv4",
@@ -268,15 +311,25 @@ DEFAULTS = {
     "imaml_cg_damping": 1000.0,
     "imaml_inner_clip": 100.0,
     "feat_contrastive": 0.0,
+    "bn_mode": "transductive",
+    "meta_lr_schedule": "constant",
+    "msl_epochs": 20,
+    "first_order_epochs": 0,
+    "epoch_steps": 500,
 }
 # Where a learner's default differs from DEFAULTS: iMAML's implicit gradient is that of the
-# proximal problem's solution, which one inner step does not approach.
-ALGO_DEFAULTS = {"imaml": {"inner_steps": 10}}
+# proximal problem's solution, which one inner step does not approach; MAML++ (Antoniou et al.
+# 2019) anneals the meta step size and has batch-norm weights per inner step.
+ALGO_DEFAULTS: dict[str, dict[str, object]] = {
+    "imaml": {"inner_steps": 10},
+    "maml++": {"meta_lr_schedule": "cosine", "bn_mode": "per_step"},
+}
 # Learners whose protocol tests with the inner steps they were trained with: Meta-SGD's step
 # sizes are learned for those steps, ANIL's head overshoots past them, iMAML trains on the
-# inner solution they reach. The others follow MAML's protocol (10 test steps on sinusoid, 3
-# on Omniglot, after training with fewer).
-TRAINED_STEPS_AT_TEST = ("metasgd", "anil", "imaml")
+# inner solution they reach, MAML++ learns a step size and batch-norm weights per step. The
+# others follow MAML's protocol (10 test steps on sinusoid, 3 on Omniglot, after training with
+# fewer).
+TRAINED_STEPS_AT_TEST = ("metasgd", "anil", "imaml", "maml++")
 # The supervised defaults of the flags whose RL defaults differ (rl_app.DEFAULTS).
 SUPERVISED_DEFAULTS = {"inner_lr": 0.01, "meta_batch": 25, "steps": 70000, "log_every": 1000}
 
@@ -290,7 +343,7 @@ def _check_args(args: argparse.Namespace) -> None:
     trained = args.algo not in rl_app.UNTRAINED  # the random baseline takes 0 meta-steps
     check_positive_ints(args, ("shots", "meta_batch", "inner_steps", *(("steps",) if trained else ()), "log_every"))
     optional = ("query", "test_query", "ways", "train_ways", "steps_per_call", "filters", "lr_decay_every")
-    check_positive_ints(args, (*optional, "imaml_cg_steps"), optional=True)
+    check_positive_ints(args, (*optional, "imaml_cg_steps", "epoch_steps"), optional=True)
     check_eval(args)
     if args.checkpoint_every is not None and args.checkpoint_every < 0:
         raise CommandError(f"--checkpoint-every must be non-negative, got {args.checkpoint_every}.")
@@ -300,6 +353,11 @@ def _check_args(args: argparse.Namespace) -> None:
         raise CommandError(f"--resume {args.resume} holds no checkpoints/ folder; pass the --out of an earlier run.")
     if args.time_limit is not None and not args.time_limit > 0:
         raise CommandError(f"--time-limit must be positive (minutes), got {args.time_limit}.")
+    for name in ("msl_epochs", "first_order_epochs"):
+        value = getattr(args, name)
+        if value is not None and value < 0:
+            raise CommandError(f"{flag(name)} must be a non-negative number of epochs (0: off), got {value}.")
+    _check_meta_lr_schedule(args)
     for name in ("inner_lr", "meta_lr", "imaml_prox"):
         value = getattr(args, name)
         if value is not None and not value > 0:
@@ -316,6 +374,43 @@ def _check_args(args: argparse.Namespace) -> None:
         require_tensorboard()
 
 
+def _check_meta_lr_schedule(args: argparse.Namespace) -> None:
+    """Refuse a ``--min-meta-lr`` without the cosine schedule, or one it cannot anneal to."""
+    if args.meta_lr_schedule != "cosine":
+        if args.min_meta_lr is not None:
+            raise CommandError(
+                f"--min-meta-lr {args.min_meta_lr} is the end of the cosine schedule; "
+                f"pass --meta-lr-schedule cosine (got {args.meta_lr_schedule})."
+            )
+        return
+    if args.lr_decay_every is not None:
+        raise CommandError(
+            "--lr-decay-every halves the meta step size in stages; --meta-lr-schedule cosine anneals it smoothly."
+        )
+    if args.min_meta_lr is None:
+        args.min_meta_lr = 1e-5
+    if not 0 <= args.min_meta_lr <= args.meta_lr:
+        raise CommandError(
+            f"--min-meta-lr must be in [0, --meta-lr {args.meta_lr}] (the cosine schedule anneals down to it), "
+            f"got {args.min_meta_lr}."
+        )
+
+
+def meta_learning_rate(args: argparse.Namespace):
+    """The outer Adam's step size: ``--meta-lr``, halved every ``--lr-decay-every`` steps, or cosine-annealed.
+
+    Cosine (MAML++): ``min + (meta_lr - min) (1 + cos(pi t / steps)) / 2`` at meta-step ``t``,
+    per step rather than the reference's per epoch.
+    """
+    import optax
+
+    if args.meta_lr_schedule == "cosine":
+        return optax.cosine_decay_schedule(args.meta_lr, args.steps, alpha=args.min_meta_lr / args.meta_lr)
+    if args.lr_decay_every:
+        return optax.exponential_decay(args.meta_lr, args.lr_decay_every, 0.5, staircase=True)
+    return args.meta_lr
+
+
 def _refuse_inapplicable(args: argparse.Namespace) -> None:
     def given(names):
         return next((flag(n) for n in names if getattr(args, n) is not None), None)
@@ -328,10 +423,18 @@ def _refuse_inapplicable(args: argparse.Namespace) -> None:
             raise CommandError(f"{given(names)} applies to --algo {algo} only, not --algo {args.algo}.")
     if args.workers is not None and not args.host_pipeline:
         raise CommandError(f"--workers {args.workers} sets the threads of --host-pipeline; pass --host-pipeline too.")
-    if args.host_pipeline and args.task not in ("omniglot", "miniimagenet"):
-        raise CommandError(f"--host-pipeline draws image episodes (omniglot, miniimagenet), not --task {args.task}.")
+    if args.host_pipeline and (args.task == "sinusoid" or args.task in rl_app.TASKS):
+        raise CommandError(f"--host-pipeline draws image episodes (the image tasks), not --task {args.task}.")
     if args.backbone == "resnet12" and args.filters is not None:
         raise CommandError("--filters sets the width of Conv4; --backbone resnet12 has fixed widths.")
+    if args.bn_mode not in (None, "transductive") and args.algo not in BN_MODE_ALGORITHMS:
+        raise CommandError(
+            f"--bn-mode {args.bn_mode} needs a learner that gives the backbone its support set and inner step "
+            f"({', '.join(BN_MODE_ALGORITHMS)}); --algo {args.algo} normalises with batch statistics only."
+        )
+    if args.bn_mode == "per_step" and args.algo == "imaml":
+        raise CommandError("--bn-mode per_step needs the inner steps on the tape; --algo imaml differentiates "
+                           "the inner solution implicitly. Use --bn-mode transductive or support.")  # fmt: skip
     if args.task in rl_app.TASKS:
         return
     ways = DEFAULTS["ways"] if args.ways is None else args.ways
@@ -349,7 +452,7 @@ def _fill_defaults(args: argparse.Namespace) -> None:
         rl_app.fill_defaults(args)
         return
     for name, value in {**DEFAULTS, **SUPERVISED_DEFAULTS, **ALGO_DEFAULTS.get(args.algo, {})}.items():
-        if getattr(args, name) is None:
+        if getattr(args, name) is None and not (name == "bn_mode" and args.task == "sinusoid"):  # an MLP: no BN
             setattr(args, name, value)
 
 
@@ -380,10 +483,7 @@ def _prepare(args: argparse.Namespace) -> _Run:
     eval_steps = args.eval_steps if args.eval_steps is not None else protocol_eval_steps(args)
     warn_past_training(args, eval_steps)
     task_batching = resolve_task_batching(learner, train_task, args.task_batching)
-    meta_lr = args.meta_lr
-    if args.lr_decay_every:
-        meta_lr = optax.exponential_decay(args.meta_lr, args.lr_decay_every, 0.5, staircase=True)
-    optimizer = optax.adam(meta_lr)
+    optimizer = optax.adam(meta_learning_rate(args))
     return _Run(train_task, test_task, learner, test_learner, optimizer, steps_per_call, eval_steps, task_batching)
 
 
@@ -530,7 +630,9 @@ def _host_pipeline(args: argparse.Namespace, task):
     except ImportError as error:
         raise CommandError(f"--host-pipeline: {error}") from error
     options = dict(augment_rotations=task.augment_rotations, normalize=task.normalize)
-    return HostEpisodes(np.asarray(task.images), ways=task.ways, shots=task.shots, queries=task.queries,
+    # A RaggedFewShot's classes are rows of its flat images; a FewShot's are its first axis.
+    rows = (np.asarray(task.offsets), np.asarray(task.counts)) if hasattr(task, "offsets") else ()
+    return HostEpisodes(np.asarray(task.images), *rows, ways=task.ways, shots=task.shots, queries=task.queries,
                         tasks_per_step=args.meta_batch, seed=args.seed, workers=args.workers or 2,
                         **options)  # fmt: skip
 
@@ -557,30 +659,8 @@ def eval_command(args: argparse.Namespace) -> dict:
     check_eval(args)
     check_seed(args.seed)
     check_positive_ints(args, ("test_query",), optional=True)
-    import jax
-
-    from metajax.checkpoint import Checkpointer
-    from metajax.training import init_state
-
-    checkpoints = args.run / "checkpoints"
-    if not checkpoints.is_dir():
-        raise CommandError(f"{args.run} holds no checkpoints/ folder; pass the --out of a metajax train run.")
-    checkpointer = Checkpointer(checkpoints, every=1)
-    try:
-        record = _newest_record(checkpointer, args.step)
-        train_args = build_parser().parse_args(["train", "--out", str(args.run)])
-        for name, value in record.items():
-            if hasattr(train_args, name):
-                setattr(train_args, name, Path(value) if name in ("out", "data_root", "resume") and value else value)
-        _fill_defaults(train_args)  # a record holds every setting; older ones may lack newer flags
-        for name in ("eval_steps", "test_query", "data_root"):
-            if getattr(args, name) is not None:
-                setattr(train_args, name, getattr(args, name))
-    finally:
-        checkpointer.close()
-    run = _prepare(train_args)
-    like = init_state(run.learner, run.train_task, run.optimizer, jax.random.key(0))
-    state, _ = _restore_newest(args.run, like, args.step)
+    overrides = {name: getattr(args, name) for name in ("eval_steps", "test_query", "data_root")}
+    record, train_args, run, state = restore_run(args.run, args.step, overrides)
     seed = train_args.seed if args.seed is None else args.seed
     result = {
         "config": {
@@ -596,6 +676,39 @@ def eval_command(args: argparse.Namespace) -> dict:
     }
     write_json_atomic(args.run / "eval.json", result)
     return result
+
+
+def restore_run(run_dir: Path, step: int | None = None, overrides: dict | None = None):
+    """``(record, train arguments, prepared run, state)`` of checkpoint ``step`` (default: newest) of ``run_dir``.
+
+    The learner and tasks are rebuilt from the checkpoint's record; ``overrides`` (flag name:
+    value, ``None`` for keep) replace recorded settings that do not shape the parameters.
+    """
+    import jax
+
+    from metajax.checkpoint import Checkpointer
+    from metajax.training import init_state
+
+    checkpoints = run_dir / "checkpoints"
+    if not checkpoints.is_dir():
+        raise CommandError(f"{run_dir} holds no checkpoints/ folder; pass the --out of a metajax train run.")
+    checkpointer = Checkpointer(checkpoints, every=1)
+    try:
+        record = _newest_record(checkpointer, step)
+        train_args = build_parser().parse_args(["train", "--out", str(run_dir)])
+        for name, value in record.items():
+            if hasattr(train_args, name):
+                setattr(train_args, name, Path(value) if name in ("out", "data_root", "resume") and value else value)
+        _fill_defaults(train_args)  # a record holds every setting; older ones may lack newer flags
+        for name, value in (overrides or {}).items():
+            if value is not None:
+                setattr(train_args, name, value)
+    finally:
+        checkpointer.close()
+    run = _prepare(train_args)
+    like = init_state(run.learner, run.train_task, run.optimizer, jax.random.key(0))
+    state, _ = _restore_newest(run_dir, like, step)
+    return record, train_args, run, state
 
 
 def _newest_record(checkpointer, step: int | None) -> dict:
@@ -660,7 +773,7 @@ def _summary_line(result: dict) -> str:
 
 
 def _train(args: argparse.Namespace) -> int:
-    result = seeds.run(args, train_command) if args.seeds else train_command(args)
+    result = seeds.run(args, train_command, _check_args) if args.seeds else train_command(args)
     if launch.is_primary(args):  # the other processes of a multi-host run write nothing
         print(_summary_line(result))
         print(f"wrote {args.out / 'metrics.json'}")

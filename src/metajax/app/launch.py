@@ -75,10 +75,15 @@ def check(args: argparse.Namespace) -> None:
 
 
 def join(args: argparse.Namespace) -> None:
-    """Join the multi-host run of ``--coordinator`` (nothing without it); call before any other JAX call."""
+    """Join the multi-host run of ``--coordinator`` (nothing without it, or once joined); before other JAX calls."""
     if args.coordinator is None:
         return
+    import jax
+
     from metajax import distributed
+
+    if jax.distributed.is_initialized():  # --seeds checks its first seed's flags, then trains each seed
+        return
 
     if args.coordinator == "auto":
         distributed.initialize()

@@ -18,9 +18,9 @@ from metajax.rl import objectives, registry
 TASKS = ("nav2d",)
 ALGORITHMS = registry.NAMES
 UNTRAINED = registry.UNTRAINED
-# Flags of the RL tasks only; the estimator flags of maml-rl only.
-FLAGS = ("episodes", "horizon", "estimator", "first_order")
-MAML_FLAGS = ("estimator", "first_order")
+# Flags of the RL tasks only; the estimator flags of maml-rl only; the outer-step flags of promp only.
+FLAGS = ("episodes", "horizon", "estimator", "first_order", "outer_steps", "clip_eps")
+ALGO_FLAGS = {"maml-rl": ("estimator", "first_order"), "promp": ("outer_steps", "clip_eps")}
 # MAML's 2D navigation protocol (Finn et al., 2017, sec. 5.3 and appendix): 20 episodes per
 # task and step, inner step size 0.1, horizon 100, evaluated after up to 3 steps.
 DEFAULTS = {
@@ -36,6 +36,9 @@ DEFAULTS = {
     "estimator": "dice",
     "first_order": False,
 }
+# ProMP's reference settings (Rothfuss et al., 2019: num_ppo_steps=5, clip_eps=0.2), filled
+# for --algo promp only, so the other learners' run records (and their resumes) are unchanged.
+PROMP_DEFAULTS = {"outer_steps": 5, "clip_eps": 0.2}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -49,6 +52,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="maml-rl: inner surrogate whose Hessian the second-order meta-gradient uses (default dice)",
     )
     parser.add_argument("--first-order", action="store_true", default=None, help="maml-rl: first-order meta-gradient")
+    parser.add_argument(
+        "--outer-steps", type=int, default=None, help="promp: optimizer steps per sampled batch of trajectories (5)"
+    )
+    parser.add_argument(
+        "--clip-eps", type=float, default=None, help="promp: PPO clip range of the likelihood ratio (0.2)"
+    )
 
 
 def check(args: argparse.Namespace, given) -> None:
@@ -66,21 +75,34 @@ def check(args: argparse.Namespace, given) -> None:
         )
     if not rl_task and given(FLAGS):
         raise CommandError(f"{given(FLAGS)} applies to the RL tasks ({', '.join(TASKS)}) only, not --task {args.task}.")
-    if rl_algo and args.algo != "maml-rl" and given(MAML_FLAGS):
-        raise CommandError(f"{given(MAML_FLAGS)} applies to --algo maml-rl only, not --algo {args.algo}.")
+    for algo, names in ALGO_FLAGS.items():
+        if rl_algo and args.algo != algo and given(names):
+            raise CommandError(f"{given(names)} applies to --algo {algo} only, not --algo {args.algo}.")
+    if args.algo == "promp":  # its meta-update is its own (metajax.learner.MetaUpdater): one device, tasks vmapped
+        spread = {"--task-batching map": args.task_batching == "map", "--devices": args.devices not in (None, 1)}
+        spread["--coordinator"] = args.coordinator is not None
+        name = next((name for name, given_here in spread.items() if given_here), None)
+        if name is not None:
+            raise CommandError(
+                f"{name} does not apply to --algo promp: it meta-updates on one device, its tasks vmapped."
+            )
     if args.algo in UNTRAINED and given(("steps",)):
         raise CommandError(f"--algo {args.algo} is not meta-trained (0 meta-steps); drop --steps.")
 
 
 def fill_defaults(args: argparse.Namespace) -> None:
-    """The RL defaults of the flags not given (``--steps 0`` for the untrained baseline)."""
+    """The RL defaults of the flags not given (``--steps 0`` for the untrained baseline, ProMP's for promp)."""
     defaults = {**DEFAULTS, "steps": 0} if args.algo in UNTRAINED else DEFAULTS
-    for name, value in defaults.items():
+    for name, value in {**defaults, **(PROMP_DEFAULTS if args.algo == "promp" else {})}.items():
         if getattr(args, name) is None:
             setattr(args, name, value)
-    for name in ("episodes", "horizon"):
-        if getattr(args, name) <= 0:
+    for name in ("episodes", "horizon", "outer_steps"):
+        if getattr(args, name) is not None and getattr(args, name) <= 0:
             raise CommandError(f"{flag(name)} must be a positive integer, got {getattr(args, name)}.")
+    if args.clip_eps is not None and not 0 < args.clip_eps < 1:
+        raise CommandError(
+            f"--clip-eps must be in (0, 1), PPO's clip range of the likelihood ratio; got {args.clip_eps}."
+        )
 
 
 def build(args: argparse.Namespace):
@@ -96,6 +118,7 @@ def build(args: argparse.Namespace):
         inner_steps=args.inner_steps,
         estimator=args.estimator,
         first_order=bool(args.first_order),
+        **({name: getattr(args, name) for name in PROMP_DEFAULTS} if args.algo == "promp" else {}),
     )
     return rl.EnvTasks(env), learner
 

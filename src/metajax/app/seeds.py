@@ -13,9 +13,29 @@ from __future__ import annotations
 import argparse
 import time
 from collections.abc import Callable
+from pathlib import Path
 
+from metajax.app import launch
 from metajax.app.errors import SEED_BOUND, CommandError
 from metajax.app.runs import check_out, claim, machine, settings, write_json_atomic
+
+
+def _one_seed(args: argparse.Namespace, seed: int) -> argparse.Namespace:
+    """The flags of ``seed``'s run in ``OUT/seed-<seed>``: resumed if it has a checkpoint, else started afresh."""
+    one = argparse.Namespace(**{**vars(args), "seed": seed, "seeds": None, "out": args.out / f"seed-{seed}"})
+    if args.resume is not None:
+        earlier = args.resume / f"seed-{seed}"
+        one.resume = earlier if _has_checkpoint(earlier / "checkpoints") else None
+        # A seed of this run stopped before its first checkpoint left files but nothing to continue: start it again.
+        same = earlier.absolute().resolve() == one.out.absolute().resolve()
+        one.overwrite = args.overwrite or (one.resume is None and same and one.out.is_dir())
+    return one
+
+
+def _has_checkpoint(folder: Path) -> bool:
+    """Whether ``folder`` holds a finished checkpoint (orbax names each by its step; read without JAX, which a
+    multi-host run must not start before it joins)."""
+    return folder.is_dir() and any(p.name.isdigit() and p.is_dir() for p in folder.iterdir())
 
 
 def parse(text: str) -> list[int]:
@@ -29,20 +49,27 @@ def parse(text: str) -> list[int]:
     return seeds
 
 
-def run(args: argparse.Namespace, train: Callable[[argparse.Namespace], dict]) -> dict:
-    """Train one run per ``args.seeds`` with ``train`` (``metajax train``'s command); returns the aggregate."""
+def run(
+    args: argparse.Namespace, train: Callable[[argparse.Namespace], dict], check: Callable[[argparse.Namespace], None]
+) -> dict:
+    """Train one run per ``args.seeds`` with ``train`` (``metajax train``'s command); returns the aggregate.
+
+    ``check`` (the command's flag check, which also joins a multi-host run) sees the first
+    seed's flags before anything is written.
+    """
     from metajax.evaluation import seed_interval
 
     if args.seed != 0:
         raise CommandError(f"--seed {args.seed} and --seeds both set the seed; pass one of them.")
     out = args.out
-    check_out(out, args.resume, args.overwrite)
-    claim(out, overwrite=False)  # the seeds' own runs remove their files with --overwrite
+    runs = [_one_seed(args, seed) for seed in args.seeds]
+    check(argparse.Namespace(**vars(runs[0])))
+    primary = launch.is_primary(args)
+    if primary:  # in a multi-host run, process 0 alone owns the run folder
+        check_out(out, args.resume, args.overwrite)
+        claim(out, overwrite=args.overwrite)  # each seed's own run clears its folder with --overwrite
     results, t0 = {}, time.perf_counter()
-    for seed in args.seeds:
-        one = argparse.Namespace(**{**vars(args), "seed": seed, "seeds": None, "out": out / f"seed-{seed}"})
-        earlier = None if args.resume is None else args.resume / f"seed-{seed}"
-        one.resume = earlier if earlier is not None and (earlier / "checkpoints").is_dir() else None
+    for seed, one in zip(args.seeds, runs, strict=True):
         results[seed] = train(one)
     seconds = time.perf_counter() - t0
     first = results[args.seeds[0]]["eval"]
@@ -66,5 +93,6 @@ def run(args: argparse.Namespace, train: Callable[[argparse.Namespace], dict]) -
             "num_steps": first["num_steps"],
         },
     }
-    write_json_atomic(out / "metrics.json", result)
+    if primary:
+        write_json_atomic(out / "metrics.json", result)
     return result

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import http.client
 import io
 import os
 import pickle
@@ -14,7 +15,7 @@ import zipfile
 import zlib
 from collections.abc import Callable
 from pathlib import Path
-from typing import BinaryIO, NamedTuple
+from typing import BinaryIO, NamedTuple, TypeVar, cast
 
 import numpy as np
 from PIL import Image
@@ -36,10 +37,36 @@ class ImageClasses(NamedTuple):
     names: tuple[str, ...]
 
 
-class KnownFile(NamedTuple):
-    """One accepted release of a file: its size in bytes and a digest (``hashlib`` algorithm name)."""
+class RaggedImageClasses(NamedTuple):
+    """An image dataset whose classes differ in size, ready for :class:`metajax.tasks.RaggedFewShot`.
 
-    size: int
+    Attributes:
+        images: ``[total, H, W, C]`` uint8, class by class: class ``c`` owns the ``counts[c]``
+            rows after those of classes ``0 .. c-1``.
+        counts: ``[classes]`` int64, images per class.
+        names: one name per class, ``len(names) == len(counts)``.
+    """
+
+    images: np.ndarray
+    counts: np.ndarray
+    names: tuple[str, ...]
+
+    @property
+    def offsets(self) -> np.ndarray:
+        """``[classes]`` int64: each class's first row."""
+        return np.concatenate([[0], np.cumsum(self.counts)[:-1]]).astype(np.int64)
+
+
+Data = TypeVar("Data", ImageClasses, RaggedImageClasses)
+
+
+class KnownFile(NamedTuple):
+    """One accepted release of a file: its size in bytes (``None``: not published) and a digest.
+
+    ``algorithm`` is a ``hashlib`` name.
+    """
+
+    size: int | None
     algorithm: str
     digest: str
     release: str
@@ -70,19 +97,67 @@ def find_file(name: str, folders: list[Path]) -> Path | None:
     return None
 
 
+def obtain(
+    name: str,
+    folders: list[Path],
+    known: tuple[KnownFile, ...],
+    url: str,
+    *,
+    download: bool,
+    timeout: float,
+    missing: str,
+) -> Path:
+    """The verified file ``name`` of the first of ``folders`` holding it, else one downloaded into ``folders[-1]``.
+
+    Args:
+        name: the file name.
+        folders: where to look, in order; a download goes to the last.
+        known: the accepted releases (:func:`verify_file`).
+        url: the official address.
+        download: fetch a missing file; otherwise a missing file is an error.
+        timeout: seconds to wait on the network.
+        missing: the message of the ``FileNotFoundError`` when the file is not there; the
+            download's failure is appended to it.
+
+    Raises:
+        FileNotFoundError: the file is missing and was not (or could not be) downloaded.
+        ValueError: the file matches no known release; a downloaded copy is removed.
+    """
+    path = find_file(name, folders)
+    fetched = path is None
+    if path is None:
+        if not download:
+            raise FileNotFoundError(missing + " (download=False, so it was not fetched.)")
+        path = folders[-1] / name
+        try:
+            _download(url, path, timeout=timeout)
+        except (OSError, http.client.HTTPException) as err:
+            raise FileNotFoundError(f"{missing} {download_error(url, err)}") from err
+    try:
+        verify_file(path, known, url)
+    except ValueError:
+        if fetched:
+            path.unlink()
+        raise
+    return path
+
+
 def verify_file(path: Path, known: tuple[KnownFile, ...], source: str) -> None:
     """Raise ``ValueError`` (a "corrupt" file) unless ``path`` matches one of the ``known`` releases.
 
     Args:
         path: the file to check.
-        known: accepted releases; the digest is computed only for releases of the file's size.
+        known: accepted releases; the digest is computed only for releases of the file's size
+            (or of no published size).
         source: where to get a good copy, for the message.
     """
     size = path.stat().st_size
     for release in known:
-        if release.size == size and _digest(path, release.algorithm) == release.digest:
+        if release.size in (None, size) and _digest(path, release.algorithm) == release.digest:
             return
-    expected = "; ".join(f"{k.release}: {k.size} bytes, {k.algorithm} {k.digest}" for k in known)
+    expected = "; ".join(
+        f"{k.release}: {'' if k.size is None else f'{k.size} bytes, '}{k.algorithm} {k.digest}" for k in known
+    )
     raise ValueError(
         f"{path} is corrupt or an unknown version ({size} bytes, matching no known release). "
         f"Expected one of: {expected}. Delete it and get a fresh copy from {source}."
@@ -97,7 +172,7 @@ def _digest(path: Path, algorithm: str) -> str:
     return h.hexdigest()
 
 
-def download(url: str, dest: Path, *, timeout: float) -> None:
+def _download(url: str, dest: Path, *, timeout: float) -> None:
     """Fetch ``url`` into ``dest`` (written atomically); raise ``OSError`` on failure."""
 
     def write(out):
@@ -141,8 +216,8 @@ def damaged(path: Path, err: BaseException) -> str:
     return f"{path} is truncated or corrupt ({type(err).__name__}: {err})"
 
 
-def load_cache(path: Path) -> ImageClasses:
-    """Read a cache written by :func:`save_cache`.
+def load_cache(path: Path) -> ImageClasses | RaggedImageClasses:
+    """Read a cache written by :func:`save_cache` (``RaggedImageClasses`` when it holds ``counts``).
 
     Raises:
         FileNotFoundError: there is no cache at ``path``.
@@ -151,21 +226,33 @@ def load_cache(path: Path) -> ImageClasses:
     try:
         with open(path, "rb") as f, np.load(f, allow_pickle=False) as data:  # closed even when np.load fails
             images, names = data["images"], tuple(str(n) for n in data["names"])
+            counts = data["counts"] if "counts" in data.files else None
     except FileNotFoundError:
         raise
     except UNREADABLE as err:
         raise ValueError(damaged(path, err)) from err
-    if images.dtype != np.uint8 or images.ndim != 5 or len(names) != images.shape[0]:
-        raise ValueError(f"{path} does not hold a cache: images {images.dtype} {images.shape}, {len(names)} names")
-    return ImageClasses(images, names)
+    if counts is None:
+        if images.dtype == np.uint8 and images.ndim == 5 and len(names) == images.shape[0]:
+            return ImageClasses(images, names)
+    elif images.dtype == np.uint8 and images.ndim == 4 and len(names) == len(counts) == counts.size:
+        if counts.min(initial=0) >= 0 and counts.sum() == len(images):
+            return RaggedImageClasses(images, counts.astype(np.int64), names)
+    described = "" if counts is None else f", counts {counts.shape} summing to {counts.sum()}"
+    raise ValueError(
+        f"{path} does not hold a cache: images {images.dtype} {images.shape}{described}, {len(names)} names"
+    )
 
 
-def save_cache(path: Path, data: ImageClasses) -> None:
-    """Store ``data`` as ``images`` and ``names`` in a compressed ``.npz`` (atomic: temporary file, fsync, rename)."""
-    save_npz(path, images=data.images, names=np.asarray(data.names, dtype=np.str_))
+def save_cache(path: Path, data: ImageClasses | RaggedImageClasses) -> None:
+    """Store ``data`` as ``images``, ``names`` (and ``counts``) in a compressed ``.npz``, atomically."""
+    names = np.asarray(data.names, dtype=np.str_)
+    if isinstance(data, RaggedImageClasses):
+        save_npz(path, images=data.images, counts=data.counts, names=names)
+    else:
+        save_npz(path, images=data.images, names=names)
 
 
-def cached(path: Path, build: Callable[[], ImageClasses]) -> ImageClasses:
+def cached(path: Path, build: Callable[[], Data]) -> Data:
     """The cache at ``path`` if readable, else ``build()``, which is then written to ``path``.
 
     An empty, truncated or corrupt cache is named in a warning and rebuilt from its source;
@@ -173,7 +260,7 @@ def cached(path: Path, build: Callable[[], ImageClasses]) -> ImageClasses:
     """
     problem = None
     try:
-        return load_cache(path)
+        return cast(Data, load_cache(path))  # each cache path is written by one loader, of one kind
     except FileNotFoundError:
         pass
     except ValueError as err:
@@ -204,6 +291,21 @@ def decode_image(raw: bytes, *, mode: str, size: int | None) -> np.ndarray:
         if size is not None and im.size != (size, size):
             im = im.resize((size, size), resample=Image.Resampling.LANCZOS)
         return np.asarray(im, dtype=np.uint8)
+
+
+def resize_images(images: np.ndarray, size: int) -> np.ndarray:
+    """Images ``[..., H, W, C]`` uint8 resized to ``[..., size, size, C]`` with PIL ``LANCZOS``."""
+    flat = images.reshape(-1, *images.shape[-3:])
+    squeeze = flat.shape[-1] == 1  # PIL reads one channel as a 2-D image
+
+    def one(image: np.ndarray) -> np.ndarray:
+        resized = Image.fromarray(image[..., 0] if squeeze else image).resize(
+            (size, size), resample=Image.Resampling.LANCZOS
+        )
+        return np.asarray(resized, np.uint8).reshape(size, size, -1)
+
+    out = np.stack([one(image) for image in flat]) if len(flat) else np.empty((0, size, size, flat.shape[-1]), np.uint8)
+    return out.reshape(*images.shape[:-3], size, size, images.shape[-1])
 
 
 def download_error(url: str, err: BaseException) -> str:

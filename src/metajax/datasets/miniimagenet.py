@@ -25,7 +25,6 @@ import pickle
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from metajax._checks import check_choice, check_positive_int
 from metajax.datasets._files import (
@@ -37,6 +36,7 @@ from metajax.datasets._files import (
     data_root,
     decode_image,
     find_file,
+    resize_images,
 )
 
 SPLITS = ("train", "val", "test")
@@ -156,11 +156,7 @@ def _group(path: Path, image_data: np.ndarray, class_dict: dict) -> ImageClasses
 
 def _resize(data: ImageClasses, image_size: int) -> ImageClasses:
     """Every image resized to ``image_size`` with ``LANCZOS``."""
-
-    def one(image: np.ndarray) -> np.ndarray:
-        return np.asarray(Image.fromarray(image).resize((image_size, image_size), resample=Image.Resampling.LANCZOS))
-
-    return ImageClasses(np.stack([np.stack([one(image) for image in images]) for images in data.images]), data.names)
+    return ImageClasses(resize_images(data.images, image_size), data.names)
 
 
 def _read_folder(csv_path: Path, image_folder: Path, image_size: int) -> ImageClasses:

@@ -17,7 +17,6 @@ later loads read only the cache.
 
 from __future__ import annotations
 
-import http.client
 import os
 import zipfile
 from pathlib import Path
@@ -32,11 +31,9 @@ from metajax.datasets._files import (
     cached,
     data_root,
     decode_image,
-    download_error,
     find_file,
-    verify_file,
+    obtain,
 )
-from metajax.datasets._files import download as fetch
 
 SPLITS = ("background", "evaluation", "vinyals-train", "vinyals-val", "vinyals-test", "vinyals-trainval")
 """Accepted values of ``split``: Lake's two sets, and the Vinyals splits with rotations as classes."""
@@ -141,29 +138,13 @@ def _zip_file(part: str, root: Path, download: bool, timeout: float) -> Path:
     name = f"images_{part}.zip"
     url = _URL + name
     folders = [root, root / "omniglot"]
-    path = find_file(name, folders)
-    fetched = path is None
-    if path is None:
-        missing = (
-            f"Omniglot file {name} not found in {folders[0]} or {folders[1]}. Omniglot needs the official "
-            f"zips images_background.zip and images_evaluation.zip (Lake et al. 2015) in one of them; or point "
-            f"to the folder holding them with the root= argument (--data-root of metajax train) or "
-            f"$METAJAX_DATA. Get {name} from {url}."
-        )
-        if not download:
-            raise FileNotFoundError(missing + " (download=False, so it was not fetched.)")
-        path = folders[1] / name
-        try:
-            fetch(url, path, timeout=timeout)
-        except (OSError, http.client.HTTPException) as err:
-            raise FileNotFoundError(f"{missing} {download_error(url, err)}") from err
-    try:
-        verify_file(path, _KNOWN[part], url)
-    except ValueError:
-        if fetched:
-            path.unlink()
-        raise
-    return path
+    missing = (
+        f"Omniglot file {name} not found in {folders[0]} or {folders[1]}. Omniglot needs the official "
+        f"zips images_background.zip and images_evaluation.zip (Lake et al. 2015) in one of them; or point "
+        f"to the folder holding them with the root= argument (--data-root of metajax train) or "
+        f"$METAJAX_DATA. Get {name} from {url}."
+    )
+    return obtain(name, folders, _KNOWN[part], url, download=download, timeout=timeout, missing=missing)
 
 
 def _decode(path: Path, image_size: int | None) -> ImageClasses:

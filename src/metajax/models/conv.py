@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from metajax.models.layers import BatchStatNorm
+from metajax.models.layers import BatchStatNorm, check_bn, stack_context
 
 CONV_IMPLS = ("xla", "patches")
 
@@ -114,7 +114,7 @@ class Conv4(nn.Module):
     """The four-block convolutional network of MAML, ProtoNets and Matching Networks.
 
     Each block is a 3x3 convolution with ``filters`` channels, batch normalisation
-    with the current batch's statistics, ReLU and either 2x2 max-pooling (``pool="max"``,
+    (by default with the current batch's statistics; see ``bn``), ReLU and either 2x2 max-pooling (``pool="max"``,
     the miniImageNet and ProtoNets variant) or a stride-2 convolution (``pool="stride"``,
     MAML's Omniglot variant). The blocks are followed by flattening and, when ``out`` is
     set, a linear classifier.
@@ -130,6 +130,11 @@ class Conv4(nn.Module):
             function either way (to float rounding); only the speed differs.
         dtype: computation dtype, e.g. ``jnp.bfloat16`` for mixed precision; parameters
             stay float32, batch statistics are taken in float32, outputs are float32.
+        bn: the batch-normalisation mode (``metajax.models.layers.BN_MODES``):
+            ``"transductive"`` (statistics of the inputs evaluated together, MAML's),
+            ``"support"`` (statistics of ``context``, the support inputs, when given) or
+            ``"per_step"`` (a scale and offset per inner step, selected by ``step``).
+        bn_steps: inner steps with their own batch-norm weights (``bn="per_step"``).
 
     Example:
         >>> import jax, jax.numpy as jnp
@@ -145,10 +150,17 @@ class Conv4(nn.Module):
     pool: str = "max"
     impl: str | None = None
     dtype: jnp.dtype | None = None
+    bn: str = "transductive"
+    bn_steps: int = 1
 
     @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        """``x``: ``[examples, H, W, C]`` -> ``[examples, out]`` or ``[examples, features]``."""
+    def __call__(self, x: jax.Array, context: jax.Array | None = None, step: int | jax.Array = 0) -> jax.Array:
+        """``x``: ``[examples, H, W, C]`` -> ``[examples, out]`` or ``[examples, features]``.
+
+        ``context`` (``bn="support"``): ``[support, H, W, C]`` whose statistics normalise ``x``;
+        ``step`` (``bn="per_step"``): the inner step whose batch-norm weights apply.
+        """
+        check_bn("Conv4", self.bn, self.bn_steps)
         if self.pool not in ("max", "stride"):
             raise ValueError(f"Conv4.pool must be 'max' or 'stride', got {self.pool!r}.")
         impl = default_conv_impl() if self.impl is None else self.impl
@@ -158,18 +170,19 @@ class Conv4(nn.Module):
             )
         if x.ndim != 4:
             raise ValueError(f"Conv4 expects inputs [examples, H, W, C], got shape {x.shape}.")
+        x, rows = stack_context("Conv4", self.bn, x, context)
         stride = 2 if self.pool == "stride" else 1
         conv = patch_conv if impl == "patches" else None
         for _ in range(4):
             x = nn.Conv(
                 self.filters, (3, 3), strides=stride, padding="SAME", dtype=self.dtype, conv_general_dilated=conv
             )(x)
-            x = nn.relu(BatchStatNorm()(x))
+            x = nn.relu(BatchStatNorm(steps=self.bn_steps)(x, context_rows=rows, step=step))
             if self.pool == "max" and impl == "patches":
                 x = reshape_max_pool(x)
             elif self.pool == "max":
                 x = nn.max_pool(x, (2, 2), strides=(2, 2), padding="SAME")
-        x = x.reshape(x.shape[0], -1)
+        x = x[rows:].reshape(x.shape[0] - rows, -1)
         if self.out is not None:
             x = nn.Dense(self.out, dtype=self.dtype)(x)
         return x.astype(jnp.float32) if self.dtype is not None else x

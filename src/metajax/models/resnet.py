@@ -1,4 +1,4 @@
-"""ResNet-12, the deeper few-shot backbone (TADAM, MetaOptNet), with batch statistics as in MAML."""
+"""ResNet-12, the deeper few-shot backbone (TADAM, MetaOptNet), with the batch-norm modes of Conv4."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 
 from metajax.models.conv import CONV_IMPLS, default_conv_impl, patch_conv, reshape_max_pool
-from metajax.models.layers import BatchStatNorm
+from metajax.models.layers import BatchStatNorm, check_bn, stack_context
 
 
 class ResNet12(nn.Module):
@@ -17,8 +17,9 @@ class ResNet12(nn.Module):
 
     Block ``i`` has ``channels[i]`` filters: conv-norm-LeakyReLU(0.1) twice, conv-norm, plus
     a 1x1 conv-norm shortcut, then LeakyReLU and max-pooling (Oreshkin et al. 2018; Lee et
-    al. 2019). Normalisation uses the current batch's statistics (no running averages),
-    so the network is a pure function of ``(params, x)`` like :class:`Conv4`. The
+    al. 2019). Normalisation follows ``bn`` as in :class:`Conv4` (default: the current
+    batch's statistics, no running averages), so the network is a pure function of
+    ``(params, x)``. The
     embedding is the global average of the last block, ``[examples, channels[-1]]``.
     DropBlock is not included.
 
@@ -27,6 +28,8 @@ class ResNet12(nn.Module):
         out: number of output logits, or ``None`` for the embedding.
         impl: ``"xla"``, ``"patches"`` or ``None`` (the backend's default), as in :class:`Conv4`.
         dtype: computation dtype (e.g. ``jnp.bfloat16``); parameters stay float32.
+        bn: the batch-normalisation mode, as :class:`Conv4`'s.
+        bn_steps: inner steps with their own batch-norm weights (``bn="per_step"``).
 
     Example:
         >>> import jax, jax.numpy as jnp
@@ -40,10 +43,16 @@ class ResNet12(nn.Module):
     out: int | None = None
     impl: str | None = None
     dtype: jnp.dtype | None = None
+    bn: str = "transductive"
+    bn_steps: int = 1
 
     @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        """``x``: ``[examples, H, W, C]`` -> ``[examples, out]`` or ``[examples, channels[-1]]``."""
+    def __call__(self, x: jax.Array, context: jax.Array | None = None, step: int | jax.Array = 0) -> jax.Array:
+        """``x``: ``[examples, H, W, C]`` -> ``[examples, out]`` or ``[examples, channels[-1]]``.
+
+        ``context`` and ``step`` as in :class:`Conv4`.
+        """
+        check_bn("ResNet12", self.bn, self.bn_steps)
         impl = default_conv_impl() if self.impl is None else self.impl
         if impl not in CONV_IMPLS:
             raise ValueError(
@@ -54,11 +63,12 @@ class ResNet12(nn.Module):
         if len(self.channels) != 4:
             raise ValueError(f"ResNet12.channels must hold 4 block widths, got {tuple(self.channels)}.")
         conv_fn = patch_conv if impl == "patches" else None
+        x, rows = stack_context("ResNet12", self.bn, x, context)
 
         def conv(features, size, h):
             layer = nn.Conv(features, (size, size), padding="SAME", use_bias=False, dtype=self.dtype,
                             conv_general_dilated=conv_fn)  # fmt: skip
-            return BatchStatNorm()(layer(h))
+            return BatchStatNorm(steps=self.bn_steps)(layer(h), context_rows=rows, step=step)
 
         for features in self.channels:
             h = x
@@ -68,7 +78,7 @@ class ResNet12(nn.Module):
                     h = nn.leaky_relu(h, 0.1)
             x = nn.leaky_relu(h + conv(features, 1, x), 0.1)
             x = reshape_max_pool(x) if impl == "patches" else nn.max_pool(x, (2, 2), strides=(2, 2), padding="SAME")
-        x = jnp.mean(x, axis=(1, 2))
+        x = jnp.mean(x[rows:], axis=(1, 2))
         if self.out is not None:
             x = nn.Dense(self.out, dtype=self.dtype)(x)
         return x.astype(jnp.float32)

@@ -1,9 +1,10 @@
-"""Meta-reinforcement learning: JAX environments as task distributions, policy-gradient objectives, MAML-RL."""
+"""Meta-reinforcement learning: JAX environments as task distributions, policy-gradient objectives, MAML-RL, ProMP."""
 
 from metajax.rl import objectives, registry
 from metajax.rl.envs import Environment, EnvTasks, Navigation2D, PointState, Trajectories, rollout
 from metajax.rl.maml_rl import MAMLRL
 from metajax.rl.policy import GaussianMLPPolicy
+from metajax.rl.promp import ProMP
 
 __all__ = [
     "MAMLRL",
@@ -12,6 +13,7 @@ __all__ = [
     "GaussianMLPPolicy",
     "Navigation2D",
     "PointState",
+    "ProMP",
     "Trajectories",
     "objectives",
     "registry",

@@ -21,7 +21,7 @@ import optax
 from metajax._checks import check_choice, check_positive, check_positive_int
 from metajax.algorithms.inner import FirstOrder, MetaGradient, SecondOrder, _check_meta_gradient, inner_loop
 from metajax.episode import Episode
-from metajax.rl.envs import Environment, rollout
+from metajax.rl.envs import Environment, Trajectories, rollout
 from metajax.rl.objectives import ESTIMATORS, advantages, surrogate
 from metajax.rl.policy import GaussianMLPPolicy
 
@@ -109,7 +109,7 @@ class MAMLRL:
         k_inner, k_post = jax.random.split(key)
         adapted = self._inner(params, task, k_inner, None)[0]
         post = rollout(self.env, self.policy, adapted, task, k_post, self.episodes)
-        objective = surrogate(self._log_probs(adapted, post), self._advantages(post), "vpg")
+        objective = surrogate(self.log_probs(adapted, post), self.advantages(post), "vpg")
         mean_return = post.returns.mean()
         # The value is the cost -return (what the trainer logs and checks); the gradient is the surrogate's.
         return -mean_return - (objective - jax.lax.stop_gradient(objective)), {"return": mean_return}
@@ -129,7 +129,7 @@ class MAMLRL:
     def inner_objective(self, params: Params, task: jax.Array, key: jax.Array) -> jax.Array:
         """The inner loss on ``task``: minus the ``estimator`` surrogate on ``episodes`` new episodes of ``params``."""
         trajectories = rollout(self.env, self.policy, params, task, key, self.episodes)
-        return -surrogate(self._log_probs(params, trajectories), self._advantages(trajectories), self.estimator)
+        return -surrogate(self.log_probs(params, trajectories), self.advantages(trajectories), self.estimator)
 
     def _inner(self, params, task, key, num_steps, track=None):
         steps = self.inner_steps if num_steps is None else num_steps
@@ -141,10 +141,12 @@ class MAMLRL:
             loss_fn, params, keys, optax.sgd(self.inner_lr), steps, meta_gradient, per_step=True, track=track
         )
 
-    def _log_probs(self, params, trajectories) -> jax.Array:
+    def log_probs(self, params: Params, trajectories: Trajectories) -> jax.Array:
+        """The policy's log-likelihood ``[E, T]`` of the actions of ``trajectories`` (``[E, T, ...]``)."""
         return self.policy.log_prob(params, trajectories.observations, trajectories.actions)
 
-    def _advantages(self, trajectories) -> jax.Array:
+    def advantages(self, trajectories: Trajectories) -> jax.Array:
+        """Advantages ``[E, T]`` of ``trajectories``: returns to go minus the task's linear baseline (a constant)."""
         return advantages(
             trajectories.observations,
             trajectories.rewards,

@@ -15,6 +15,10 @@ through the inner step (``estimator``):
   of Mao et al., 2019): every derivative is an unbiased estimate of that of the expected
   return, so its Hessian is the exact one in expectation.
 
+ProMP's outer objective (:func:`clipped_surrogate`) clips the likelihood ratio of the
+post-adaptation trajectories as PPO does, and penalises the inner step's KL divergence
+(:func:`gaussian_kl`).
+
 Every surrogate is *maximised* (it estimates the return); the arrays are one task's
 episodes ``[E, T]``.
 """
@@ -104,7 +108,43 @@ def surrogate(log_probs: jax.Array, adv: jax.Array, estimator: str = "dice") -> 
     check_choice("estimator", estimator, ESTIMATORS)
     if estimator == "vpg":
         return jnp.mean(log_probs * adv)
-    if estimator == "lvc":
-        return jnp.mean(magic(log_probs) * adv)
+    if estimator == "lvc":  # the likelihood ratio to the sampling policy, which is the current one
+        return ratio_surrogate(log_probs, jax.lax.stop_gradient(log_probs), adv)
     upto = jnp.cumsum(log_probs, axis=-1)
     return jnp.mean((magic(upto) - magic(upto - log_probs)) * adv)
+
+
+def ratio_surrogate(log_probs: jax.Array, old_log_probs: jax.Array, adv: jax.Array) -> jax.Array:
+    """``mean(pi / pi_old * A)`` of ``log_probs``, the sampling policy's ``old_log_probs`` and ``adv``, all ``[E, T]``.
+
+    ProMP's inner objective: importance-weighted policy gradient on episodes of ``pi_old``.
+    Where the policy is still the sampling one, it is the ``"lvc"`` estimator.
+    """
+    return jnp.mean(jnp.exp(log_probs - old_log_probs) * adv)
+
+
+def clipped_surrogate(log_probs: jax.Array, old_log_probs: jax.Array, adv: jax.Array, clip_eps: float) -> jax.Array:
+    """PPO's clipped surrogate ``mean(min(r A, clip(r, 1 - eps, 1 + eps) A))``, ``r = pi / pi_old``; arrays ``[E, T]``.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> lp, old = jnp.log(jnp.array([[1.5, 0.5]])), jnp.zeros((1, 2))
+        >>> round(float(clipped_surrogate(lp, old, jnp.array([[1.0, 1.0]]), 0.2)), 4)  # (1.2 + 0.5) / 2
+        0.85
+    """
+    ratio = jnp.exp(log_probs - old_log_probs)
+    return jnp.mean(jnp.minimum(ratio * adv, jnp.clip(ratio, 1.0 - clip_eps, 1.0 + clip_eps) * adv))
+
+
+def gaussian_kl(mean_p: jax.Array, log_std_p: jax.Array, mean_q: jax.Array, log_std_q: jax.Array) -> jax.Array:
+    """``KL(p || q)`` of diagonal Gaussians summed over the last axis: means ``[..., A]``, log-stds ``[A]`` or alike.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> float(gaussian_kl(jnp.zeros(1), jnp.zeros(1), jnp.ones(1), jnp.zeros(1)))  # (0 - 1)^2 / 2
+        0.5
+    """
+    log_std_p, log_std_q = (jnp.broadcast_to(s, mean_p.shape) for s in (log_std_p, log_std_q))
+    var_p, var_q = jnp.exp(2 * log_std_p), jnp.exp(2 * log_std_q)
+    per_dim = log_std_q - log_std_p + (var_p + (mean_p - mean_q) ** 2) / (2 * var_q) - 0.5
+    return jnp.sum(per_dim, axis=-1)

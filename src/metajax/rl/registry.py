@@ -7,6 +7,8 @@ environment and a policy, and is tested by ``tests/rl``.
 
 * ``"maml-rl"``: :class:`~metajax.rl.MAMLRL` (DiCE inner estimator, second order unless
   ``first_order``);
+* ``"promp"``: :class:`~metajax.rl.ProMP` (LVC inner step, PPO-clipped outer objective
+  with the adaptive inner-KL penalty, ``outer_steps`` optimizer steps per sample);
 * ``"pretrained"``: one policy trained by policy gradient on all tasks jointly
   (``MAMLRL`` with ``inner_steps=0``), fine-tuned with the same inner steps at test time;
 * ``"random"``: the same learner left at its random initialisation (not meta-trained),
@@ -20,8 +22,9 @@ from typing import Any
 from metajax.algorithms.inner import FirstOrder, SecondOrder
 from metajax.rl.maml_rl import MAMLRL
 from metajax.rl.policy import GaussianMLPPolicy
+from metajax.rl.promp import ProMP
 
-NAMES = ("maml-rl", "pretrained", "random")
+NAMES = ("maml-rl", "promp", "pretrained", "random")
 UNTRAINED = ("random",)  # evaluated at initialisation: no meta-training
 
 
@@ -35,19 +38,33 @@ def build(
     inner_steps: int = 1,
     estimator: str = "dice",
     first_order: bool = False,
-) -> MAMLRL:
+    outer_steps: int = 5,
+    clip_eps: float = 0.2,
+) -> MAMLRL | ProMP:
     """The RL learner ``name`` on ``env`` (see the module docstring); ``KeyError`` names the known ones.
 
     ``inner_steps`` are those of meta-training (the baselines train with none);
-    ``estimator`` and ``first_order`` set MAML-RL's meta-gradient; ``policy=None`` is the
-    default :class:`~metajax.rl.GaussianMLPPolicy` (100-100 tanh).
+    ``estimator`` and ``first_order`` set MAML-RL's meta-gradient, ``outer_steps`` and
+    ``clip_eps`` ProMP's outer optimisation; ``policy=None`` is the default
+    :class:`~metajax.rl.GaussianMLPPolicy` (100-100 tanh).
     """
     if name not in NAMES:
         raise KeyError(f"no RL learner named {name!r}; known: {', '.join(NAMES)}.")
+    policy = GaussianMLPPolicy() if policy is None else policy
+    if name == "promp":
+        return ProMP(
+            env,
+            policy,
+            episodes=episodes,
+            inner_lr=inner_lr,
+            inner_steps=inner_steps,
+            outer_steps=outer_steps,
+            clip_eps=clip_eps,
+        )
     maml = name == "maml-rl"
     return MAMLRL(
         env,
-        GaussianMLPPolicy() if policy is None else policy,
+        policy,
         episodes=episodes,
         inner_lr=inner_lr,
         inner_steps=inner_steps if maml else 0,

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
-import os
-from typing import NamedTuple, Protocol, cast
+from typing import Protocol
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from metajax._checks import check_choice, check_positive_int
-from metajax.datasets import load_miniimagenet, load_omniglot
+from metajax._checks import check_positive_int
 from metajax.episode import Episode
 
 
@@ -203,83 +201,3 @@ def register_task_pytree(cls: type, leaves: tuple[str, ...]) -> None:
 
 
 register_task_pytree(FewShot, ("images",))
-
-
-class Benchmark(NamedTuple):
-    """Meta-train, meta-validation and meta-test task distributions (``val`` is ``None`` when a split has none)."""
-
-    train: FewShot
-    val: FewShot | None
-    test: FewShot
-
-
-BENCHMARK_SPLITS = {"omniglot": ("vinyals", "lake"), "miniimagenet": ("ravi",)}
-"""Benchmark names and their class splits; the first is the default."""
-_PARTS = {
-    "vinyals": ("vinyals-train", "vinyals-val", "vinyals-test"),
-    "lake": ("background", None, "evaluation"),
-    "ravi": ("train", "val", "test"),
-}
-_LOADERS = {"omniglot": (load_omniglot, 28), "miniimagenet": (load_miniimagenet, 84)}
-
-
-def benchmark(
-    name: str,
-    *,
-    ways: int,
-    shots: int,
-    queries: int,
-    root: str | os.PathLike | None = None,
-    image_size: int | None = None,
-    split: str | None = None,
-    cache_dir: str | os.PathLike | None = None,
-    augment_rotations: bool = False,
-) -> Benchmark:
-    """The standard few-shot benchmarks as train/val/test task distributions (like learn2learn's ``get_tasksets``).
-
-    * ``"omniglot"``, split ``"vinyals"`` (default): 28x28, the Vinyals et al. (2016) split
-      with 90-degree rotations as extra classes: 4112 / 688 / 1692 classes of 20 images.
-      Split ``"lake"``: ``train`` is Lake's background set (964 classes), ``test`` the
-      evaluation set (659), ``val`` is ``None``; no rotations.
-    * ``"miniimagenet"``, split ``"ravi"``: 84x84x3, the Ravi & Larochelle (2017) split,
-      64 / 16 / 20 classes of 600 images.
-
-    Args:
-        name: ``"omniglot"`` or ``"miniimagenet"``.
-        ways: classes per task.
-        shots: support images per class.
-        queries: query images per class.
-        root: data folder; ``None`` for ``$METAJAX_DATA`` or ``~/.cache/metajax``.
-        image_size: square image side; ``None`` for the literature's default (28 or 84).
-        split: a class split of :data:`BENCHMARK_SPLITS` ``[name]``; ``None`` for the first.
-        cache_dir: folder of decoded-array caches; ``None`` for the loaders' default.
-        augment_rotations: random 90-degree rotation per class and task, on every split.
-
-    Returns:
-        ``Benchmark(train, val, test)`` of :class:`FewShot`, sharing ``ways``, ``shots`` and
-        ``queries``.
-
-    Raises:
-        FileNotFoundError: the data is missing (the message says where to get it).
-        ValueError: a bad argument.
-
-    Example:
-        >>> tasks = benchmark("omniglot", ways=5, shots=1, queries=15)  # doctest: +SKIP
-        >>> tasks.train.sample(jax.random.key(0), 32).support_x.shape  # doctest: +SKIP
-        (32, 5, 28, 28, 1)
-    """
-    check_choice("name", name, BENCHMARK_SPLITS)
-    split = BENCHMARK_SPLITS[name][0] if split is None else split
-    check_choice("split", split, BENCHMARK_SPLITS[name])
-    load, default_size = _LOADERS[name]
-    size = default_size if image_size is None else image_size
-
-    def make(part: str) -> FewShot:
-        images = load(part, root=root, image_size=size, cache_dir=cache_dir).images
-        # A numpy array: __post_init__ moves it to the device (jnp.asarray).
-        return FewShot(
-            cast(jax.Array, images), ways=ways, shots=shots, queries=queries, augment_rotations=augment_rotations
-        )
-
-    train, val, test = _PARTS[split]
-    return Benchmark(make(train), None if val is None else make(val), make(test))
