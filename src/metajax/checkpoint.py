@@ -1,7 +1,9 @@
 """Atomic, resumable checkpoints of a run's :class:`~metajax.training.TrainState` (orbax).
 
 A checkpoint holds everything the next meta-step depends on (meta-parameters, optimizer
-state, PRNG key, step) plus a small JSON record (the run's config). orbax writes each
+state, PRNG key, step) plus a small JSON record (the run's config) and, for a run fed by a
+host pipeline, the pipeline's position (its Grain iterator state), written in the same
+step folder so params and position are saved together or not at all. orbax writes each
 checkpoint to a temporary folder (``<step>.orbax-checkpoint-tmp``) and renames it when
 complete, so a run killed at any moment, or interrupted during a save, leaves the previous
 checkpoints intact and no half-written step among :meth:`Checkpointer.steps`; the next
@@ -60,7 +62,11 @@ class Checkpointer:
         self.directory = Path(directory).absolute()
         self.every = every
         options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=False)
-        handlers = {"state": ocp.StandardCheckpointHandler(), "record": ocp.JsonCheckpointHandler()}
+        handlers = {
+            "state": ocp.StandardCheckpointHandler(),
+            "record": ocp.JsonCheckpointHandler(),
+            "pipeline": ocp.JsonCheckpointHandler(),
+        }
         self._manager = ocp.CheckpointManager(self.directory, options=options, item_handlers=handlers)
         self._written: set[int] = set()  # steps this Checkpointer saved
         self._last: int | None = None  # the step maybe_save counts crossings from
@@ -75,18 +81,22 @@ class Checkpointer:
         steps = self.steps()
         return steps[-1] if steps else None
 
-    def maybe_save(self, state: Any, record: dict | None = None) -> bool:
-        """Save when ``state.step`` crossed a multiple of ``every`` since the last save (or older checkpoint)."""
+    def maybe_save(self, state: Any, record: dict | None = None, pipeline: dict | None = None) -> bool:
+        """:meth:`save` when ``state.step`` crossed a multiple of ``every`` since the last save (or older one)."""
         step = int(state.step)
         if self._last is None or self._last > step:
             self._last = max((s for s in self.steps() if s < step), default=0)
         if step // self.every > self._last // self.every:
-            self.save(state, record)
+            self.save(state, record, pipeline)
             return True
         return False
 
-    def save(self, state: Any, record: dict | None = None) -> None:
-        """Write ``state`` (any pytree with an integer ``step``) and a JSON ``record`` now.
+    def save(self, state: Any, record: dict | None = None, pipeline: dict | None = None) -> None:
+        """Write ``state`` (any pytree with an integer ``step``), a JSON ``record`` and ``pipeline`` now.
+
+        ``pipeline`` is an episode feed's position at ``state`` (JSON-able, as
+        :meth:`~metajax.tasks.HostEpisodes.get_state` returns), read back with
+        :meth:`pipeline_state`; it is written into the same step folder as the state.
 
         A checkpoint of the same step left by an earlier run (one a resumed run went past,
         say because it was corrupt) is replaced; one this Checkpointer wrote is kept.
@@ -99,7 +109,10 @@ class Checkpointer:
                 shutil.rmtree(leftover, ignore_errors=True)
         if step in self.steps():
             self._manager.delete(step)
-        args = ocp.args.Composite(state=ocp.args.StandardSave(state), record=ocp.args.JsonSave(record or {}))
+        items = {"state": ocp.args.StandardSave(state), "record": ocp.args.JsonSave(record or {})}
+        if pipeline is not None:
+            items["pipeline"] = ocp.args.JsonSave(pipeline)
+        args = ocp.args.Composite(**items)
         self._manager.save(step, args=args, force=True)
         self._manager.wait_until_finished()
         self._written.add(step)
@@ -204,6 +217,30 @@ class Checkpointer:
             raise CorruptCheckpointError(
                 f"The record of checkpoint {self.directory / str(step)} could not be read ({_cause(error)})."
             ) from error
+
+    def pipeline_state(self, step: int) -> dict | None:
+        """The episode feed's position saved with the checkpoint at ``step``, or ``None`` if it holds none.
+
+        Raises:
+            FileNotFoundError: no checkpoint at ``step`` (the message lists the steps there are).
+            CorruptCheckpointError: the saved position does not read back as a JSON object.
+        """
+        available = self.steps()
+        if step not in available:
+            raise FileNotFoundError(
+                f"No checkpoint at step={step!r} in {self.directory}; the steps there are {available or 'none'}."
+            )
+        if not (self.directory / str(step) / "pipeline").is_dir():
+            return None
+        try:
+            saved = self._manager.restore(step, args=ocp.args.Composite(pipeline=ocp.args.JsonRestore()))["pipeline"]
+            if not isinstance(saved, dict):
+                raise ValueError(f"a JSON object was expected, got {type(saved).__name__}")
+        except Exception as error:  # noqa: BLE001 - orbax and json raise many kinds
+            raise CorruptCheckpointError(
+                f"The pipeline position of checkpoint {self.directory / str(step)} could not be read ({_cause(error)})."
+            ) from error
+        return dict(saved)
 
     def _read_record(self, step: int) -> dict:
         saved = self._manager.restore(step, args=ocp.args.Composite(record=ocp.args.JsonRestore()))["record"]

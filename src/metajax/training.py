@@ -1,8 +1,10 @@
 """The meta-training loop: one jitted meta-step over a batch of tasks, Optax outside.
 
 The trainer knows only the learner contract (:class:`~metajax.learner.MetaObjective`:
-``init``, ``loss``, ``adapted_params``) and the task contract (``sample``); it imports no
-learner. The same step runs on one device or with the tasks sharded over a mesh.
+``init``, ``loss``, ``adapted_params``) and the task contracts: a distribution's
+``sample``, drawn inside the step, or an :class:`~metajax.tasks.base.EpisodeFeed`'s
+batches (a host pipeline), passed into it and assembled there; it imports no learner.
+The same step runs on one device or with the tasks sharded over a mesh.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import dataclasses
 import functools
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import jax
 import jax.numpy as jnp
@@ -26,7 +28,7 @@ from metajax._tree import is_array, partition
 from metajax.distributed import TASK_AXIS, replicate
 from metajax.episode import Episode, validate_episode
 from metajax.learner import MetaObjective, MetaUpdater, StepDependent, check_conforms
-from metajax.tasks.base import TaskDistribution
+from metajax.tasks.base import EpisodeFeed, TaskDistribution
 
 if TYPE_CHECKING:  # orbax is imported only by runs that checkpoint
     from metajax.checkpoint import Checkpointer
@@ -112,13 +114,17 @@ class TrainState(struct.PyTreeNode):
     key: jax.Array
 
 
-def first_episode(task: TaskDistribution, key: jax.Array) -> Episode:
-    """One unbatched episode of ``task``, to shape parameters."""
-    return jax.tree.map(lambda a: a[0], task.sample(key, 1))
+def first_episode(task: TaskDistribution | EpisodeFeed, key: jax.Array) -> Episode:
+    """One unbatched episode of ``task`` (of a feed: its first, without advancing it), to shape parameters."""
+    batch = task.assemble(task.example(), key) if isinstance(task, EpisodeFeed) else task.sample(key, 1)
+    return jax.tree.map(lambda a: a[0], batch)
 
 
 def init_state(
-    learner: MetaObjective, task: TaskDistribution, optimizer: optax.GradientTransformation, key: jax.Array
+    learner: MetaObjective,
+    task: TaskDistribution | EpisodeFeed,
+    optimizer: optax.GradientTransformation,
+    key: jax.Array,
 ) -> TrainState:
     """Initial meta-parameters and optimizer state.
 
@@ -128,7 +134,8 @@ def init_state(
 
     Args:
         learner: a :class:`~metajax.learner.MetaObjective` (any learner).
-        task: the task distribution whose episodes shape the parameters.
+        task: the task distribution (or :class:`~metajax.tasks.base.EpisodeFeed`) whose
+            episodes shape the parameters.
         optimizer: the outer (meta) optimizer.
         key: PRNG key; the same key gives the same run.
     """
@@ -144,7 +151,9 @@ def _raw_key(key: jax.Array) -> jax.Array:
     return jax.random.key_data(key) if jnp.issubdtype(key.dtype, jax.dtypes.prng_key) else key
 
 
-def resolve_task_batching(learner: MetaObjective, task: TaskDistribution, task_batching: str | None = None) -> str:
+def resolve_task_batching(
+    learner: MetaObjective, task: TaskDistribution | EpisodeFeed, task_batching: str | None = None
+) -> str:
     """How to batch ``learner``'s tasks on this backend: ``task_batching``, or the measured choice when ``None``.
 
     The choice is one half of the per-backend switch; the other is Conv4's ``impl=None``
@@ -225,17 +234,19 @@ def batch_value_and_grad(
 
 def meta_step(
     learner: MetaObjective,
-    task: TaskDistribution,
+    task: TaskDistribution | Callable[[Any, jax.Array], Episode],
     optimizer: optax.GradientTransformation,
     meta_batch: int,
     task_batching: str = "vmap",
     *,
     mesh: Mesh | None = None,
     axis_name: str = TASK_AXIS,
-) -> Callable[[TrainState], tuple[TrainState, dict]]:
-    """The un-jitted meta-step ``state -> (state, metrics)``.
+) -> Callable[..., tuple[TrainState, dict]]:
+    """The un-jitted meta-step ``(state, batch=None) -> (state, metrics)``.
 
-    Draws ``meta_batch`` episodes from the state's key, evaluates ``learner.loss`` (or
+    Draws ``meta_batch`` episodes from the state's key (``task.sample``) or, when ``task``
+    is an :class:`~metajax.tasks.base.EpisodeFeed`'s ``assemble``, makes them from the fed
+    ``batch`` with a key drawn as ``sample``'s would be; then evaluates ``learner.loss`` (or
     ``loss_at`` the state's step, :func:`task_loss`) on each task (``vmap`` over tasks, or
     ``lax.map`` with ``task_batching="map"``), averages, differentiates and applies one
     ``optimizer`` update; a :class:`~metajax.learner.MetaUpdater` makes the update itself
@@ -263,9 +274,12 @@ def meta_step(
     else:
         value_and_grad = _sharded_value_and_grad(learner, meta_batch, mesh, task_batching, axis_name)
 
-    def step(state: TrainState) -> tuple[TrainState, dict]:
+    def step(state: TrainState, batch: Any = None) -> tuple[TrainState, dict]:
         key, k_tasks, k_loss = jax.random.split(jax.random.wrap_key_data(state.key), 3)
-        episodes = task.sample(k_tasks, meta_batch)
+        if batch is None:
+            episodes = cast(TaskDistribution, task).sample(k_tasks, meta_batch)
+        else:
+            episodes = cast(Callable[[Any, jax.Array], Episode], task)(batch, k_tasks)
         keys = jax.random.split(k_loss, meta_batch)
         if updater is not None:
             params, opt_state, loss, metrics = updater.meta_update(
@@ -309,27 +323,32 @@ def _sharded_value_and_grad(learner, meta_batch: int, mesh: Mesh, task_batching:
 
 
 class TrainStep:
-    """The compiled meta-step program :func:`make_train_step` builds, callable as ``state -> (state, metrics)``.
+    """The compiled meta-step program :func:`make_train_step` builds: ``(state, batches=None) -> (state, metrics)``.
 
     Attributes:
-        jitted: the ``jax.jit`` function ``(state, task_arrays) -> (state, metrics)``;
+        jitted: the ``jax.jit`` function ``(state, task_arrays, batches=None) -> (state, metrics)``;
             ``jitted.lower(state, task_arrays)`` gives its cost and memory analyses.
         task_arrays: the task's arrays (a dataset), passed as arguments rather than
             embedded in the program (replicated over the mesh, if any).
         task_batching: the resolved task batching, ``"vmap"`` or ``"map"``.
     """
 
-    def __init__(self, jitted: jax.stages.Wrapped, task_arrays: Any, task_batching: str):
+    def __init__(self, jitted: jax.stages.Wrapped, task_arrays: Any, task_batching: str, steps_per_call: int):
         self.jitted, self.task_arrays, self.task_batching = jitted, task_arrays, task_batching
+        self.steps_per_call = steps_per_call
 
-    def __call__(self, state: TrainState) -> tuple[TrainState, dict]:
-        """Run the step on ``state`` (its buffers are donated)."""
-        return self.jitted(state, self.task_arrays)
+    def __call__(self, state: TrainState, batches: tuple | None = None) -> tuple[TrainState, dict]:
+        """Run the steps on ``state`` (its buffers are donated); ``batches``: an episode feed's, one per step."""
+        if batches is not None and len(batches) != self.steps_per_call:
+            raise ValueError(
+                f"batches must hold one fed batch per meta-step, {self.steps_per_call}; got {len(batches)}."
+            )
+        return self.jitted(state, self.task_arrays, batches)
 
 
 def make_train_step(
     learner: MetaObjective,
-    task: TaskDistribution,
+    task: TaskDistribution | EpisodeFeed,
     optimizer: optax.GradientTransformation,
     meta_batch: int,
     steps_per_call: int = 1,
@@ -349,19 +368,23 @@ def make_train_step(
     ``task_batching=None`` is resolved per backend by
     :func:`resolve_task_batching`. With a ``mesh`` (see :mod:`metajax.distributed`), the
     tasks are sharded over its ``axis_name`` and the state comes back replicated.
+    With an :class:`~metajax.tasks.base.EpisodeFeed`, the step is called as
+    ``step(state, batches)`` with ``steps_per_call`` of the feed's batches; the program
+    holds only the feed's ``assemble``, so feeds of one configuration share it.
     """
     check_positive_int("steps_per_call", steps_per_call)
     check_positive_int("meta_batch", meta_batch)
     task_batching = resolve_task_batching(learner, task, task_batching)
-    task_arrays, rebuild_task = partition(task)
+    drawn: Any = task.assemble if isinstance(task, EpisodeFeed) else task
+    task_arrays, rebuild_task = partition(drawn)
     if mesh is not None:
         _sharded_value_and_grad(learner, meta_batch, mesh, task_batching, axis_name)  # refuse a bad meta_batch now
         task_arrays = replicate(task_arrays, mesh)
     config = (learner, optimizer, meta_batch, steps_per_call, task_batching, mesh, axis_name)
     # The same configuration (equal learner and task, the same optimizer object) reuses one
     # jitted program, so a second train() call does not trace and compile again.
-    static = tuple(x for x in jax.tree.leaves(task) if not is_array(x))
-    cache_key: tuple | None = (config, jax.tree.structure(task), static)
+    static = tuple(x for x in jax.tree.leaves(drawn) if not is_array(x))
+    cache_key: tuple | None = (config, jax.tree.structure(drawn), static)
     try:
         many = _PROGRAMS.get(cache_key)
     except TypeError:  # an unhashable configuration: compile a program of its own
@@ -372,7 +395,7 @@ def make_train_step(
             _PROGRAMS[cache_key] = many
             while len(_PROGRAMS) > _MAX_PROGRAMS:
                 _PROGRAMS.pop(next(iter(_PROGRAMS)))
-    return TrainStep(many, task_arrays, task_batching)
+    return TrainStep(many, task_arrays, task_batching, steps_per_call)
 
 
 _PROGRAMS: dict = {}
@@ -380,20 +403,22 @@ _MAX_PROGRAMS = 64
 
 
 def _program(rebuild_task, learner, optimizer, meta_batch, steps_per_call, task_batching, mesh, axis_name):
-    """The jitted ``(state, task_arrays) -> (state, stacked metrics)`` of ``steps_per_call`` meta-steps."""
+    """The jitted ``(state, task_arrays, batches=None) -> (state, stacked metrics)`` of ``steps_per_call`` steps."""
     shardings = {} if mesh is None else {"out_shardings": NamedSharding(mesh, P())}
 
     @functools.partial(jax.jit, donate_argnums=0, **shardings)
-    def many(state, task_arrays):
+    def many(state, task_arrays, batches=None):
         one = meta_step(
             learner, rebuild_task(task_arrays), optimizer, meta_batch, task_batching, mesh=mesh, axis_name=axis_name
         )
 
-        def body(s, _):
-            s, metrics = one(s)
+        def body(s, batch):
+            s, metrics = one(s, batch)
             return s, {**metrics, "state_finite": all_finite((s.params, s.opt_state))}
 
-        return jax.lax.scan(body, state, None, length=steps_per_call)
+        # A feed's batches, one per step, become the scan's inputs (stacked on the device).
+        fed = None if batches is None else jax.tree.map(lambda *b: jnp.stack(b), *batches)
+        return jax.lax.scan(body, state, fed, length=steps_per_call)
 
     return many
 
@@ -406,7 +431,7 @@ def all_finite(tree: Any) -> jax.Array:
 
 def train(
     learner: MetaObjective,
-    task: TaskDistribution,
+    task: TaskDistribution | EpisodeFeed,
     optimizer: optax.GradientTransformation,
     *,
     key: jax.Array,
@@ -428,7 +453,10 @@ def train(
 
     Args:
         learner: a :class:`~metajax.learner.MetaObjective` (any learner).
-        task: task distribution with ``sample(key, n)``.
+        task: task distribution with ``sample(key, n)``, or an
+            :class:`~metajax.tasks.base.EpisodeFeed` (a host pipeline such as
+            :class:`~metajax.tasks.HostEpisodes`) whose position must be the state's step
+            (restore it with ``feed.set_state(checkpointer.pipeline_state(step))``).
         optimizer: the outer Optax transformation, e.g. ``optax.adam(1e-3)``.
         key: PRNG key of the run (ignored when ``state`` is given).
         num_steps: total meta-steps; a given ``state`` continues up to this count.
@@ -446,8 +474,8 @@ def train(
         max_seconds: stop at the first dispatch that ends after this much wall time (a
             time budget); the returned state's ``step`` says how far it got.
         checkpointer: saves the state every ``checkpointer.every`` meta-steps (dispatches
-            end on those steps) and at the end; resuming from one of its checkpoints gives
-            the same parameters as an uninterrupted run. Only states whose parameters and
+            end on those steps) and at the end, with a feed's position; resuming from one of
+            its checkpoints gives the same parameters as an uninterrupted run. Only states whose parameters and
             optimizer state are finite are saved. On ``KeyboardInterrupt`` the current
             state is saved if it is complete and finite (else the last checkpoint stands)
             and the interrupt is re-raised.
@@ -471,6 +499,9 @@ def train(
     rule = resolve_divergence(divergence)
     if state is None:
         state = init_state(learner, task, optimizer, key)
+    feed = task if isinstance(task, EpisodeFeed) else None
+    if feed is not None:
+        _check_feed(feed, meta_batch, mesh, int(state.step))
     if mesh is not None:
         state = replicate(state, mesh)
     task_batching = resolve_task_batching(learner, task, task_batching)
@@ -489,7 +520,8 @@ def train(
                 n = min(n, (done // checkpointer.every + 1) * checkpointer.every - done)
             if n not in step_fns:
                 step_fns[n] = make_train_step(learner, task, optimizer, meta_batch, n, task_batching, mesh=mesh)
-            state, metrics = step_fns[n](state)
+            batches = None if feed is None else tuple(next(feed) for _ in range(n))
+            state, metrics = step_fns[n](state, batches)
             metrics = jax.device_get(metrics)  # the one host sync per dispatch
             _check_divergence(metrics.pop("state_finite"), metrics["loss"], done, threshold, rule, state)
             done += n
@@ -514,19 +546,43 @@ def train(
                 window, window_start = [], time.perf_counter()
                 next_log = (done // log_every + 1) * log_every
             if checkpointer is not None:  # after the log entry, so a checkpoint's log is complete
-                checkpointer.maybe_save(state, checkpoint_record)
+                checkpointer.maybe_save(state, checkpoint_record, _position(feed))
             if out_of_time:
                 break
     except KeyboardInterrupt:
-        if checkpointer is not None and _intact_and_finite(state):
-            checkpointer.save(state, checkpoint_record)
+        # A feed interrupted between drawing its batches and their dispatch is past the state.
+        in_step = feed is None or feed.position == int(state.step)
+        if checkpointer is not None and in_step and _intact_and_finite(state):
+            checkpointer.save(state, checkpoint_record, _position(feed))
         raise
     finally:
         if bar is not None:
             bar.close()
     if checkpointer is not None and done > start:
-        checkpointer.save(state, checkpoint_record)
+        checkpointer.save(state, checkpoint_record, _position(feed))
     return state, history
+
+
+def _check_feed(feed: EpisodeFeed, meta_batch: int, mesh: Mesh | None, step: int) -> None:
+    """Refuse an :class:`~metajax.tasks.base.EpisodeFeed` that does not fit the run (its batch size, its position)."""
+    if feed.tasks_per_step != meta_batch:
+        raise ValueError(
+            f"meta_batch must equal the episode feed's tasks_per_step ({feed.tasks_per_step}), "
+            f"got meta_batch={meta_batch}."
+        )
+    if mesh is not None:
+        raise ValueError("mesh: an episode feed trains on one device for now; pass mesh=None or a task distribution.")
+    if feed.position != step:
+        raise ValueError(
+            f"The episode feed has served {feed.position} batches while state is at step {step}, so the run would "
+            f"not continue its episode stream; restore the feed's position saved with the state: "
+            f"feed.set_state(checkpointer.pipeline_state({step}))."
+        )
+
+
+def _position(feed: EpisodeFeed | None) -> dict | None:
+    """A feed's position for the checkpoint, or ``None`` without a feed."""
+    return None if feed is None else feed.get_state()
 
 
 def _check_divergence(

@@ -201,6 +201,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--tensorboard", action="store_true", help="also write TensorBoard events to OUT/tensorboard")
     rl_app.add_arguments(t)
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    t.add_argument(
+        "--host-pipeline",
+        action="store_true",
+        help="draw training episodes on CPU workers (Grain, metajax[grain]) and feed them to the device (README)",
+    )
+    t.add_argument("--workers", type=int, default=None, help="with --host-pipeline: reader threads (default 2)")
     continual.add_parser(sub)
     bench.add_parser(sub)
     plot.add_parser(sub)
@@ -420,6 +426,10 @@ def _refuse_inapplicable(args: argparse.Namespace) -> None:
     for algo, names in LEARNER_FLAGS.items():
         if args.algo != algo and given(names):
             raise CommandError(f"{given(names)} applies to --algo {algo} only, not --algo {args.algo}.")
+    if args.workers is not None and not args.host_pipeline:
+        raise CommandError(f"--workers {args.workers} sets the threads of --host-pipeline; pass --host-pipeline too.")
+    if args.host_pipeline and (args.task == "sinusoid" or args.task in rl_app.TASKS):
+        raise CommandError(f"--host-pipeline draws image episodes (the image tasks), not --task {args.task}.")
     if args.backbone == "resnet12" and args.filters is not None:
         raise CommandError("--filters sets the width of Conv4; --backbone resnet12 has fixed widths.")
     if args.bn_mode not in (None, "transductive") and args.algo not in BN_MODE_ALGORITHMS:
@@ -520,7 +530,7 @@ def _evaluate(run: _Run, params, key, num_tasks: int) -> dict:
 RESUMABLE = (
     "out", "steps", "time_limit", "no_progress", "log_every", "checkpoint_every",
     "tensorboard", "steps_per_call", "task_batching", "eval_tasks", "eval_steps", "test_query", "data_root",
-    "config", *launch.RESUMABLE,
+    "config", "workers", *launch.RESUMABLE,
 )  # fmt: skip
 
 
@@ -537,9 +547,13 @@ def train_command(args: argparse.Namespace) -> dict:
     k_train, k_eval = jax.random.split(jax.random.key(args.seed))  # k_eval == _eval_key(args.seed)
     config = settings(args)
     config.update(steps_per_call=steps_per_call, eval_steps=run.eval_steps, task_batching=task_batching)
+    if args.host_pipeline:
+        train_task = _host_pipeline(args, train_task)
     state, log = init_state(learner, train_task, optimizer, k_train), []
     if args.resume is not None:
         state, log = _resume(args, config, state)
+        if args.host_pipeline:
+            _restore_position(train_task, args.resume, int(state.step))
     primary, mesh = launch.is_primary(args), launch.mesh(args)
     if primary:
         claim(args.out, args.overwrite)  # the first change to the folder
@@ -584,6 +598,8 @@ def train_command(args: argparse.Namespace) -> dict:
     finally:
         if log_file:
             log_file.close()
+        if args.host_pipeline:
+            train_task.close()
     train_seconds = time.perf_counter() - t0
     eval_summary = _evaluate(run, launch.local(state.params), k_eval, args.eval_tasks)
     history = log + history
@@ -606,6 +622,41 @@ def train_command(args: argparse.Namespace) -> dict:
     if primary:
         write_json_atomic(args.out / "metrics.json", result)
     return result
+
+
+def _host_pipeline(args: argparse.Namespace, task):
+    """``--host-pipeline``: a :class:`~metajax.tasks.HostEpisodes` drawing ``task``'s episodes on CPU workers."""
+    import numpy as np
+
+    from metajax.tasks.host import HostEpisodes, require_grain
+
+    try:
+        require_grain()
+    except ImportError as error:
+        raise CommandError(f"--host-pipeline: {error}") from error
+    options = dict(augment_rotations=task.augment_rotations, normalize=task.normalize)
+    # A RaggedFewShot's classes are rows of its flat images; a FewShot's are its first axis.
+    rows = (np.asarray(task.offsets), np.asarray(task.counts)) if hasattr(task, "offsets") else ()
+    return HostEpisodes(np.asarray(task.images), *rows, ways=task.ways, shots=task.shots, queries=task.queries,
+                        tasks_per_step=args.meta_batch, seed=args.seed, workers=args.workers or 2,
+                        **options)  # fmt: skip
+
+
+def _restore_position(feed, run_dir: Path, step: int) -> None:
+    """Continue ``--host-pipeline``'s episode stream from the position saved with ``run_dir``'s checkpoint ``step``."""
+    from metajax.checkpoint import Checkpointer
+
+    checkpointer = Checkpointer(run_dir / "checkpoints", every=1)
+    try:
+        position = checkpointer.pipeline_state(step)
+    finally:
+        checkpointer.close()
+    if position is None:
+        raise CommandError(
+            f"--host-pipeline: the checkpoint of step {step} in {run_dir} holds no episode-stream position, "
+            "so the run cannot continue its stream; resume from a checkpoint a --host-pipeline run wrote."
+        )
+    feed.set_state(position)
 
 
 def eval_command(args: argparse.Namespace) -> dict:

@@ -13,6 +13,7 @@ import numpy as np
 from metajax._checks import check_positive_int
 from metajax.episode import Episode
 from metajax.tasks.fewshot import (
+    _EpisodeConfig,
     check_episode_sizes,
     check_image_options,
     draw_classes,
@@ -78,29 +79,8 @@ class RaggedFewShot:
             described = f"{images.dtype} {tuple(images.shape)}" if hasattr(images, "shape") else type(images).__name__
             raise ValueError(f"images must be a uint8 array [total, H, W, C], got {described}.")
         check_episode_sizes(self)
-        offsets, counts = (_index_array(name, getattr(self, name)) for name in ("offsets", "counts"))
-        if offsets.shape != counts.shape or offsets.size == 0:
-            raise ValueError(
-                f"offsets and counts must be 1-D with one entry per class (at least one), got shapes "
-                f"{offsets.shape} and {counts.shape}."
-            )
-        classes = offsets.size
-        if self.names is not None:
-            names = tuple(str(name) for name in self.names)
-            if len(names) != classes:
-                raise ValueError(f"names must hold one name per class, {classes}; got {len(names)} names.")
-            object.__setattr__(self, "names", names)
-        _check_ranges(offsets, counts, len(images), self.names)
-        small = np.flatnonzero(counts < self.shots + self.queries)
-        if small.size:
-            listed = ", ".join(f"{_label(c, self.names)} has {counts[c]}" for c in small[:5])
-            more = f" and {small.size - 5} more" if small.size > 5 else ""
-            raise ValueError(
-                f"every class needs at least shots + queries = {self.shots + self.queries} images, so support "
-                f"and query stay disjoint; {listed}{more}. Drop those classes or lower shots or queries."
-            )
-        if self.ways > classes:
-            raise ValueError(f"ways must be at most the number of classes, {classes}; got ways={self.ways}.")
+        offsets, counts, names = check_classes(self, self.offsets, self.counts, len(images), self.names)
+        object.__setattr__(self, "names", names)
         _, height, width, channels = images.shape
         check_image_options(self, height, width, channels)
         object.__setattr__(self, "images", jnp.asarray(images))
@@ -171,6 +151,50 @@ class RaggedFewShot:
         _, picks = jax.lax.top_k(jnp.where(inside, noise, -1.0), self.shots + self.queries)
         rows = self.offsets[chosen][:, :, None] + picks  # [T, ways, shots + queries]
         return to_episode(self, self.images[rows], k_turn)
+
+
+def check_classes(
+    task: _EpisodeConfig, offsets, counts, total: int, names: Sequence[str] | None
+) -> tuple[np.ndarray, np.ndarray, tuple[str, ...] | None]:
+    """Check a flat image array's classes against ``task``'s episode sizes.
+
+    Args:
+        task: the episode settings (``ways``, ``shots``, ``queries``).
+        offsets: ``[classes]`` each class's first row.
+        counts: ``[classes]`` each class's number of rows.
+        total: rows in the image array.
+        names: class names (for messages), or ``None``.
+
+    Returns:
+        ``(offsets, counts, names)`` as int64 arrays and a tuple of strings (or ``None``).
+
+    Raises:
+        ValueError: ranges outside ``[0, total)`` or overlapping, a class with fewer than
+            ``shots + queries`` images (named, with its count), or more ways than classes.
+    """
+    offsets, counts = _index_array("offsets", offsets), _index_array("counts", counts)
+    if offsets.shape != counts.shape or offsets.size == 0:
+        raise ValueError(
+            f"offsets and counts must be 1-D with one entry per class (at least one), got shapes "
+            f"{offsets.shape} and {counts.shape}."
+        )
+    classes = offsets.size
+    if names is not None:
+        names = tuple(str(name) for name in names)
+        if len(names) != classes:
+            raise ValueError(f"names must hold one name per class, {classes}; got {len(names)} names.")
+    _check_ranges(offsets, counts, total, names)
+    small = np.flatnonzero(counts < task.shots + task.queries)
+    if small.size:
+        listed = ", ".join(f"{_label(c, names)} has {counts[c]}" for c in small[:5])
+        more = f" and {small.size - 5} more" if small.size > 5 else ""
+        raise ValueError(
+            f"every class needs at least shots + queries = {task.shots + task.queries} images, so support "
+            f"and query stay disjoint; {listed}{more}. Drop those classes or lower shots or queries."
+        )
+    if task.ways > classes:
+        raise ValueError(f"ways must be at most the number of classes, {classes}; got ways={task.ways}.")
+    return offsets, counts, None if names is None else tuple(names)
 
 
 def _index_array(name: str, value) -> np.ndarray:
