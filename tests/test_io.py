@@ -28,12 +28,14 @@ def test_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
 def test_non_finite_floats_become_null_and_are_listed(tmp_path):
     path = tmp_path / "metrics.json"
     obj = {"eval": {"mse": {"mean": np.array([1.0, np.nan, np.inf])}}, "loss": np.float32(-np.inf), "n": np.int64(3)}
+    obj["load"] = (0.5, float("nan"))  # a tuple, e.g. os.getloadavg()
     _io.write_json_atomic(path, obj)
     text = path.read_text()
     assert "NaN" not in text and "Infinity" not in text
     back = json.loads(text, parse_constant=lambda c: pytest.fail(f"non-strict JSON constant {c}"))
     assert back["eval"]["mse"]["mean"] == [1.0, None, None] and back["loss"] is None and back["n"] == 3
-    assert back["nonfinite"] == ["eval.mse.mean.1", "eval.mse.mean.2", "loss"]
+    assert back["load"] == [0.5, None]
+    assert back["nonfinite"] == ["eval.mse.mean.1", "eval.mse.mean.2", "loss", "load.1"]
     _io.write_json_atomic(path, {"ok": 1.5})
     assert "nonfinite" not in json.loads(path.read_text())
 

@@ -61,8 +61,8 @@ def strict(obj: Any) -> tuple[Any, list[str]]:
     NumPy scalars and arrays become Python numbers and lists.
 
     Example:
-        >>> strict({"eval": {"mse": [1.0, float("nan")]}})
-        ({'eval': {'mse': [1.0, None]}}, ['eval.mse.1'])
+        >>> strict({"eval": {"mse": [1.0, float("nan")]}, "load": (0.5, 0.7)})
+        ({'eval': {'mse': [1.0, None]}, 'load': [0.5, 0.7]}, ['eval.mse.1'])
     """
     found: list[str] = []
 
@@ -70,7 +70,7 @@ def strict(obj: Any) -> tuple[Any, list[str]]:
         if isinstance(value, dict):
             return {k: convert(v, path + (str(k),)) for k, v in value.items()}
         if isinstance(value, list | tuple | np.ndarray):
-            items = value.tolist() if isinstance(value, np.ndarray) else value
+            items = value.tolist() if isinstance(value, np.ndarray) else list(value)
             if not isinstance(items, list):  # a 0-d array
                 return convert(items, path)
             return [convert(v, path + (str(i),)) for i, v in enumerate(items)]
