@@ -27,9 +27,9 @@ from metajax.app import cli, config
 # Test episodes: 1000 on Omniglot (Snell et al. 2017), 600 on miniImageNet (Finn et al. 2017).
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 PROTOCOLS = {
-    path.stem: {"path": path, **config.read(path)[config.REFERENCE]}
-    for path in sorted(CONFIGS.glob("*.yaml"))
-    if config.REFERENCE in config.read(path)
+    path.stem: {"path": path, **read[config.REFERENCE]}
+    for path, read in ((path, config.read(path)) for path in sorted(CONFIGS.glob("*.yaml")))
+    if config.REFERENCE in read
 }
 
 

@@ -48,8 +48,6 @@ class CountingLearner:
 
 def assert_queries_answered_alone(learner, episode) -> jax.Array:
     """Assert that ``learner`` answers ``episode``'s queries together as it does one at a time; the outputs."""
-    import numpy as np
-
     adapted = learner.adapt(learner.init(jax.random.key(0), episode), episode.support, None)
     together = learner.predict(adapted, episode.query_x)
     alone = jnp.concatenate([learner.predict(adapted, q[None]) for q in episode.query_x])

@@ -9,6 +9,7 @@ import pytest
 
 import metajax
 from helpers import one_task
+from metajax import learner as registry
 from metajax import models, tasks
 
 
@@ -182,6 +183,10 @@ def test_implicit_gradient_on_an_mlp_matches_finite_differences_of_the_proximal_
 def test_implicit_damping_must_be_non_negative():
     with pytest.raises(ValueError, match=r"Implicit.damping must be a non-negative number, got -1.0"):
         metajax.Implicit(damping=-1.0)
+    spec = registry.Spec("regression", 1, lambda out: models.MLP(hidden=(4,), out=out), inner_lr=0.1, inner_steps=1)
+    for option in ("cg_damping", "inner_clip"):  # the registry's iMAML names its own options
+        with pytest.raises(ValueError, match=rf"^{option} must be a non-negative number, got -1"):
+            registry.build("imaml", spec, **{option: -1.0})
 
 
 def test_inner_loop_with_adam_optimizer_is_differentiable():

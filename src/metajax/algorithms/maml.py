@@ -336,6 +336,7 @@ def _imaml(
     spec: Spec, *, prox: float = 1.0, cg_steps: int = 5, cg_damping: float = 1000.0, inner_clip: float = 100.0
 ) -> MAML:
     """iMAML: ``Implicit(prox, cg_steps, cg_damping)``; ``inner_clip > 0`` clips each inner gradient's global norm."""
+    check_non_negative("cg_damping", cg_damping)  # named as the option, before Implicit names its own field
     check_non_negative("inner_clip", inner_clip)
     inner = optax.sgd(spec.inner_lr)
     if inner_clip:
