@@ -16,7 +16,7 @@ compiled program serves a run, and ``vmap`` batches tasks and episodes):
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import jax
 import jax.numpy as jnp
@@ -169,7 +169,7 @@ class EnvTasks:
     """
 
     env: Any
-    kind: str = "reinforcement"
+    kind: ClassVar[str] = "reinforcement"
 
     def sample(self, key: jax.Array, num_tasks: int) -> Episode:
         """``num_tasks`` tasks of the environment, as episodes (see the class docstring)."""
