@@ -132,8 +132,8 @@ def test_killed_run_resumes_to_the_same_results(tmp_path, data_root, monkeypatch
 
     save = Checkpointer.maybe_save
 
-    def killed_after_step_10(self, state, record=None):
-        saved = save(self, state, record)
+    def killed_after_step_10(self, state, *args, **kwargs):
+        saved = save(self, state, *args, **kwargs)
         if int(state.step) == 10:
             raise RuntimeError("killed")
         return saved
