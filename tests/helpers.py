@@ -29,6 +29,13 @@ def one_task(task, seed: int = 0):
     return jax.tree.map(lambda a: a[0], task.sample(jax.random.key(seed), 1))
 
 
+def assert_deterministic_per_key(draw, task) -> None:
+    """``draw(task, key, 4)`` gives the same episodes for the same key and others for another."""
+    a, b, c = (draw(task, jax.random.key(k), 4) for k in (7, 7, 8))
+    jax.tree.map(np.testing.assert_array_equal, a, b)
+    assert not np.array_equal(a.support_x, c.support_x)
+
+
 class CountingLearner:
     """Delegates to a learner and counts how often ``loss`` is traced."""
 

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from helpers import assert_deterministic_per_key
 from metajax.tasks import FewShot, TaskDistribution
 
 CLASSES, EXAMPLES, SIDE = 12, 10, 3
@@ -70,10 +71,7 @@ def test_labels_are_a_random_permutation(images):
 
 
 def test_deterministic_per_key(images):
-    task = FewShot(images, ways=5, shots=2, queries=3)
-    a, b, c = (draw(task, jax.random.key(k), 4) for k in (7, 7, 8))
-    jax.tree.map(np.testing.assert_array_equal, a, b)
-    assert not np.array_equal(a.support_x, c.support_x)
+    assert_deterministic_per_key(draw, FewShot(images, ways=5, shots=2, queries=3))
 
 
 def test_jit_compiles_once(images):

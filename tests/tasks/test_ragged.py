@@ -12,7 +12,7 @@ import optax
 import pytest
 
 import metajax
-from helpers import Flatten
+from helpers import Flatten, assert_deterministic_per_key
 from metajax.tasks import RaggedFewShot, TaskDistribution
 
 # Classes out of row order, with rows 3, 31, 32, 38 and 39 in no class.
@@ -94,10 +94,7 @@ def test_labels_are_a_random_permutation(images):
 
 
 def test_deterministic_per_key(images):
-    task = _task(images, ways=3, shots=1, queries=2)
-    a, b, c = (draw(task, jax.random.key(k), 4) for k in (7, 7, 8))
-    jax.tree.map(np.testing.assert_array_equal, a, b)
-    assert not np.array_equal(a.support_x, c.support_x)
+    assert_deterministic_per_key(draw, _task(images, ways=3, shots=1, queries=2))
 
 
 def test_jit_compiles_once_and_vmaps_over_keys(images):
