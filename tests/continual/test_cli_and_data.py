@@ -161,3 +161,40 @@ def test_killed_run_resumes_to_the_same_results(tmp_path, data_root, monkeypatch
         )
     with pytest.raises(SystemExit, match="holds no metrics.json"):
         continual_cli.run(_parse([*argv, "--out", str(tmp_path / "c"), "--resume", str(tmp_path / "nothing")]))
+
+
+def test_pass_killed_mid_stream_resumes_from_its_last_chunk(tmp_path, monkeypatch):
+    from metajax.checkpoint import Checkpointer
+
+    argv = ["--stream", "sine", "--learners", "finetune", "replay", "--tasks", "3", "--train-per-task", "8",
+            "--test-per-task", "8", "--batch-size", "4", "--hidden", "8", "--chunk-steps", "2"]  # fmt: skip
+    whole = continual_cli.run(_parse([*argv, "--out", str(tmp_path / "whole")]))
+    save = Checkpointer.maybe_save
+
+    def killed_in_replays_pass_after_step_4(self, state, *args, **kwargs):
+        saved = save(self, state, *args, **kwargs)
+        if self.directory.name == "stream-replay" and int(state.step) == 4:
+            raise RuntimeError("killed")
+        return saved
+
+    monkeypatch.setattr(Checkpointer, "maybe_save", killed_in_replays_pass_after_step_4)
+    with pytest.raises(RuntimeError, match="killed"):
+        continual_cli.run(_parse([*argv, "--out", str(tmp_path / "killed")]))
+    monkeypatch.undo()
+    partial = json.loads((tmp_path / "killed" / "metrics.json").read_text())
+    assert list(partial["learners"]) == ["finetune"] and partial["pending"] == ["replay"]
+
+    resumed = continual_cli.run(
+        _parse([*argv, "--out", str(tmp_path / "killed"), "--resume", str(tmp_path / "killed")])
+    )
+    assert resumed["learners"]["replay"]["stream_resumed_from"] == 4
+    assert whole["learners"]["replay"]["stream_resumed_from"] == 0
+    drop = ("seconds", "stream_resumed_from")
+    for name in ("finetune", "replay"):
+        assert {k: v for k, v in resumed["learners"][name].items() if k not in drop} == {
+            k: v for k, v in whole["learners"][name].items() if k not in drop
+        }
+    with pytest.raises(SystemExit, match=r"other settings .*'chunk_steps': \(2, 3\)"):
+        continual_cli.run(
+            _parse([*argv, "--chunk-steps", "3", "--out", str(tmp_path / "b"), "--resume", str(tmp_path / "killed")])
+        )

@@ -85,11 +85,69 @@ class CountingLearner:
 
 def test_no_recompilation_across_tasks():
     counter = CountingLearner(_learners()["replay"], [])
-    out = C.run_sequence(counter, _tiny_sequence(num_tasks=4), key=jax.random.key(0), batch_size=4)
+    # 12 steps in chunks of 5: three calls of one compiled chunk, the last one padded.
+    out = C.run_sequence(counter, _tiny_sequence(num_tasks=4), key=jax.random.key(0), batch_size=4, chunk=5)
     assert len(counter.traces) == 1
     R = out["R"]
     assert R.shape == (5, 4) and out["online"].shape == (12,)
     assert set(out["summary"]) == {"acc", "bwt", "fwt", "learning_accuracy", "forgetting"}
+
+
+def test_chunked_pass_equals_the_updates_by_hand():
+    learner, seq = _learners()["replay"], _tiny_sequence()
+    out = C.run_sequence(learner, seq, key=jax.random.key(0), batch_size=4, chunk=4)  # chunks cross tasks
+    k_init, k_run, _ = jax.random.split(jax.random.key(0), 3)
+    state = learner.init_state(k_init, seq.train_x[0, :4], seq.train_y[0, :4])
+    metric = lambda s, x, y: float(losses.resolve(None, y)(learner.predict(s, x), y)[1]["accuracy"])
+    test_all = lambda s: [metric(s, seq.test_x[t], seq.test_y[t]) for t in range(3)]
+    rows, online = [test_all(state)], []
+    for t, k in enumerate(jax.random.split(k_run, 3)):
+        for i, k_step in enumerate(jax.random.split(k, 3)):
+            x, y = seq.train_x[t, 4 * i : 4 * i + 4], seq.train_y[t, 4 * i : 4 * i + 4]
+            online.append(metric(state, x, y))
+            state = learner.update(state, metajax.StreamBatch(x, y, jnp.int32(t), jnp.bool_(i == 0)), k_step)[0]
+        rows.append(test_all(state))
+    np.testing.assert_allclose(out["R"], rows, atol=1e-6)
+    np.testing.assert_allclose(out["online"], online, atol=1e-6)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), out["state"], state)
+
+
+@pytest.mark.parametrize("lifelong", [False, True])
+def test_pass_stopped_after_a_chunk_resumes_to_the_same_results(tmp_path, lifelong):
+    from metajax.checkpoint import Checkpointer
+
+    seq = _tiny_sequence(num_tasks=4)
+    schedule = C.LifelongStream(p_stay=0.6, mixture=(0.4, 0.4, 0.2)).schedule(
+        jax.random.key(1), 14, num_tasks=3, num_ood=1
+    )
+
+    def run(**kwargs):
+        common = dict(key=jax.random.key(0), batch_size=4, chunk=4, **kwargs)
+        if lifelong:
+            return C.run_lifelong(_learners()["replay"], seq, schedule, num_tasks=3, **common)
+        return C.run_sequence(_learners()["replay"], seq, **common)
+
+    whole = run()
+
+    class StopsAtStep8(Checkpointer):
+        def maybe_save(self, state, *args):
+            super().maybe_save(state, *args)
+            if int(state.step) == 8:
+                raise RuntimeError("stopped")
+
+    stopping = StopsAtStep8(tmp_path, every=4)
+    with pytest.raises(RuntimeError, match="stopped"):
+        run(checkpointer=stopping)
+    stopping.close()
+    assert stopping.steps() == [4, 8]
+    saved = Checkpointer(tmp_path, every=4)
+    resumed = run(checkpointer=saved, resume=lambda like: saved.resume(like)[0])
+    saved.close()
+    assert resumed["resumed_from"] == 8 and whole["resumed_from"] == 0
+    for name in ("R", "online"):
+        np.testing.assert_array_equal(resumed[name], whole[name])
+    jax.tree.map(np.testing.assert_array_equal, resumed["state"], whole["state"])
+    assert resumed["summary"] == whole["summary"]
 
 
 def test_joint_training_fills_first_and_last_rows():

@@ -7,12 +7,14 @@ the OOD pool is the other Fashion-MNIST transformation. OML's representation is 
 meta-trained (``--meta-steps``) on tasks disjoint from the stream's.
 
 ``OUT/metrics.json`` is rewritten after each learner (``pending`` lists those still to
-run) and OML's meta-training is checkpointed into ``OUT/checkpoints/oml`` every tenth of
-its steps; ``--resume DIR`` (the ``--out`` of an interrupted run with the same settings)
-keeps DIR's finished learners and continues OML's meta-training from its newest
-checkpoint, so a killed run loses at most one learner's stream pass and a tenth of the
-meta-training, and ends with the same results as an uninterrupted one. Without
-``--resume``, an ``--out`` holding a run is refused unless ``--overwrite`` is given.
+run), OML's meta-training is checkpointed into ``OUT/checkpoints/oml`` every tenth of its
+steps, and each learner's pass over the stream into ``OUT/checkpoints/stream-<learner>``
+every ``--chunk-steps`` stream steps. ``--resume DIR`` (the ``--out`` of an interrupted run
+with the same settings) keeps DIR's finished learners and continues OML's meta-training
+and the interrupted pass from their newest checkpoints, so a killed run loses at most one
+chunk of a pass and a tenth of the meta-training, and ends with the same results as an
+uninterrupted one. Without ``--resume``, an ``--out`` holding a run is refused unless
+``--overwrite`` is given.
 """
 
 from __future__ import annotations
@@ -70,6 +72,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     c.add_argument("--ood-tasks", type=int, default=2, help="OOD tasks in the lifelong pool (default 2)")
     c.add_argument("--data-root", type=Path, default=None, help="dataset folder (default: $METAJAX_DATA)")
+    c.add_argument(
+        "--chunk-steps",
+        type=int,
+        default=50,
+        help="stream steps per compiled chunk of a learner's pass; a checkpoint after each (default 50)",
+    )
     c.add_argument("--seed", type=int, default=0, help="PRNG seed (default 0)")
     c.add_argument("--out", type=Path, required=True, help="output directory")
     c.add_argument(
@@ -77,7 +85,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         type=Path,
         default=None,
         metavar="DIR",
-        help="continue the run whose --out was DIR: keep its finished learners, resume OML's meta-training",
+        help="continue the run whose --out was DIR: keep its finished learners, resume the interrupted one",
     )
     c.add_argument("--overwrite", action="store_true", help="replace the run already in --out (its files only)")
     return c
@@ -87,7 +95,7 @@ def _check(args) -> None:
     check_finite(args)
     check_seed(args.seed)
     names = ("tasks", "train_per_task", "test_per_task", "batch_size", "hidden", "capacity", "replay_batch")
-    check_positive_ints(args, (*names, "meta_steps", "stream_steps"))
+    check_positive_ints(args, (*names, "meta_steps", "stream_steps", "chunk_steps"))
     if args.ood_tasks < 0:
         raise CommandError(f"--ood-tasks must be a non-negative integer, got {args.ood_tasks}.")
     if args.train_per_task % args.batch_size:
@@ -242,7 +250,7 @@ def run(args: argparse.Namespace) -> dict:
     metric = "mse" if kind == "regression" else "accuracy"
     claim(args.out, args.overwrite)  # the first change to the folder
     result: dict[str, Any] = {"config": config, "machine": machine(), "metric": metric, "learners": {}, "pending": []}
-    schedule = None
+    schedule, pool = None, seq  # pool: the tasks the stream draws from
     if args.lifelong:
         pool = seq if ood is None else seq.concatenate(ood)
         stream = tasks.LifelongStream(args.p_stay, tuple(args.mixture))
@@ -269,29 +277,16 @@ def run(args: argparse.Namespace) -> dict:
         if name == "oml":
             state, history, resumed_from = meta_train_oml(learner, meta_pool, args, k_meta)
             extra["meta_train"] = {"steps": args.meta_steps, "resumed_from": resumed_from, "last": history[-1]}
+        out = _stream_pass(C, name, learner, args, pool, schedule, k_run, state, metric)
         if schedule is not None:  # --lifelong
-            out = C.run_lifelong(
-                learner,
-                pool,
-                schedule,
-                num_tasks=args.tasks,
-                key=k_run,
-                batch_size=args.batch_size,
-                state=state,
-                metric=metric,
-                iid=(name == "joint"),
-            )
             extra["online_by_source"] = out["online_by_source"]
             extra["introduced"] = out["introduced"]
-        else:
-            out = C.run_sequence(
-                learner, seq, key=k_run, batch_size=args.batch_size, state=state, metric=metric, iid=(name == "joint")
-            )
         result["learners"][name] = {
             **{k: (None if v is None else float(v)) for k, v in out["summary"].items()},
             "online_accuracy" if metric == "accuracy" else "online_mse": float(out["online_cumulative"][-1]),
             "R": [[float(v) if np.isfinite(v) else None for v in row] for row in out["R"]],
             "seconds": time.perf_counter() - t0,
+            "stream_resumed_from": out["resumed_from"],
             **extra,
         }
         result["pending"].remove(name)
@@ -300,6 +295,38 @@ def run(args: argparse.Namespace) -> dict:
     result["learners"] = {name: result["learners"][name] for name in args.learners}
     write_json_atomic(args.out / "metrics.json", result)
     return result
+
+
+def _stream_pass(C, name, learner, args, pool, schedule, key, state, metric) -> dict:
+    """Learner ``name``'s pass over ``pool`` (the sequence, or the lifelong pool with ``schedule``).
+
+    Checkpointed every ``--chunk-steps`` stream steps; with ``--resume DIR``, continued from
+    DIR's newest checkpoint of this learner's pass, if there is one.
+    """
+    from metajax.checkpoint import Checkpointer
+
+    folder = f"checkpoints/stream-{name}"
+    saved = None if args.resume is None else args.resume / folder
+    resume = None
+    if saved is not None and saved.is_dir():
+        resume = lambda like: resume_or_exit(saved, like, f"{name}'s pass over the stream")[0]
+    checkpointer = Checkpointer(args.out / folder, every=args.chunk_steps)
+    common = dict(
+        key=key,
+        batch_size=args.batch_size,
+        state=state,
+        metric=metric,
+        iid=(name == "joint"),
+        chunk=args.chunk_steps,
+        checkpointer=checkpointer,
+        resume=resume,
+    )
+    try:
+        if schedule is not None:  # --lifelong
+            return C.run_lifelong(learner, pool, schedule, num_tasks=args.tasks, **common)
+        return C.run_sequence(learner, pool, **common)
+    finally:
+        checkpointer.close()
 
 
 def _earlier_learners(run_dir: Path, config: dict) -> dict:

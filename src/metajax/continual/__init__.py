@@ -2,7 +2,7 @@
 
 Every online learner is a frozen dataclass with pure ``init_state``, ``update`` and
 ``predict`` (the :class:`metajax.learner.OnlineLearner` protocol); the drivers in
-:mod:`metajax.continual.protocol` run it over a stream as one ``lax.scan``.
+:mod:`metajax.continual.protocol` run it over a stream as one ``lax.scan`` per chunk of steps.
 """
 
 from metajax.continual.baselines import EWC, ExperienceReplay, Finetune
@@ -21,7 +21,7 @@ from metajax.continual.metrics import (
 )
 from metajax.continual.oml import OML, ConvRepresentation, reset_outputs
 from metajax.continual.plots import plot_accuracy_matrix
-from metajax.continual.protocol import evaluate_tasks, run_lifelong, run_sequence
+from metajax.continual.protocol import StreamState, evaluate_tasks, run_lifelong, run_sequence
 from metajax.tasks.lifelong import NEW, OOD, SEEN, LifelongStream, Schedule, draw_batch
 from metajax.tasks.sequences import TaskSequence, class_incremental, domain_incremental, incremental_sine, rotate
 from metajax.tasks.trajectories import SineTrajectories, Trajectories
@@ -41,6 +41,7 @@ __all__ = [
     "ReplayBuffer",
     "Schedule",
     "SineTrajectories",
+    "StreamState",
     "TaskSequence",
     "Trajectories",
     "average_accuracy",
