@@ -1,6 +1,15 @@
-"""docs/errors.md names, for every bad input, a test that exists and checks that error and its message.
+"""docs/errors.md: every row's "try it" command or call gives its error; every row names a test that checks it.
 
-For each row, every backticked span of the middle column is an exception type (``ValueError``),
+A row's "try it" cell holds, where the bad input needs no files or earlier run, command
+lines (``metajax train --steps 0 --out DIR``; ``DIR`` is a fresh folder) run in-process
+through :func:`metajax.app.cli.main`, and Python calls (of ``metajax``, ``jax``, ``jnp``,
+``np``) that are evaluated: each must fail (a command with exit status 2) with the text of
+one of the row's error spans, its pieces between placeholders in order. Rows without one
+need files or state; the flags (``--resume``) their bad-input cell names (outside an
+"(e.g. ...)" example) must then be passed by the named test, as words or by their Python
+names (``inner_lr=``).
+
+For each row, every backticked span of the error column is an exception type (``ValueError``),
 a message (``metajax train: --steps must ...``) or both (``ValueError: shots must ...``). The test
 named in the last column (``same``: the row above's; a bare file: any test in it) must, in its
 source (decorators included, so parametrized messages count) or in a module-level helper or
@@ -21,6 +30,7 @@ from __future__ import annotations
 
 import ast
 import re
+import shlex
 from functools import cache
 from pathlib import Path
 
@@ -39,20 +49,20 @@ _COMMON = frozenset(
 )
 
 
-def _rows() -> list[tuple[int, str, str, list[str]]]:
-    """``(line number, bad input, error cell, test references)`` of every table row, ``same`` resolved."""
+def _rows() -> list[tuple[int, str, str, list[str], list[str]]]:
+    """``(line number, bad input, error cell, tries, test references)`` of every table row, ``same`` resolved."""
     rows, refs = [], None
     for number, line in enumerate(ERRORS.read_text().splitlines(), 1):
         if not line.startswith("| ") or line.startswith(("| bad input |", "| ---")):
             continue
         cells = [c.strip() for c in line.strip()[1:-1].split(" | ")]
-        assert len(cells) == 3, f"docs/errors.md:{number}: expected 3 columns: {line}"
-        bad, error, test = cells
+        assert len(cells) == 4, f"docs/errors.md:{number}: expected 4 columns: {line}"
+        bad, error, tries, test = cells
         assert test == "same" or test.startswith("`"), f"docs/errors.md:{number}: {line}"
         if test != "same":
             refs = re.findall(r"`([^`]+)`", test)
         assert refs, f"docs/errors.md:{number}: 'same' with no row above"
-        rows.append((number, bad, error, refs))
+        rows.append((number, bad, error, re.findall(r"`([^`]+)`", tries), refs))
     return rows
 
 
@@ -60,7 +70,7 @@ def test_every_error_row_names_an_existing_test():
     rows = _rows()
     assert len(rows) >= 30
     missing = []
-    for _, _, _, refs in rows:
+    for *_, refs in rows:
         for ref in refs:
             path, _, name = ref.partition("::")
             file = ROOT / "tests" / path
@@ -144,6 +154,11 @@ def _identifiers(nodes: list[ast.AST]) -> set[str]:
     }
 
 
+def _keywords(nodes: list[ast.AST]) -> set[str]:
+    """The keyword-argument names of every call in ``nodes``."""
+    return {sub.arg for node in nodes for sub in ast.walk(node) if isinstance(sub, ast.keyword) and sub.arg}
+
+
 def _checks_an_error(nodes: list[ast.AST]) -> bool:
     for node in nodes:
         for sub in ast.walk(node):
@@ -179,7 +194,7 @@ def _shared_runs(pieces: list[list[str]], literals: list[list[str]]) -> list[lis
 def _rows_using() -> dict[str, int]:
     """How many rows of the table use each (lower-cased) word in their error column."""
     counts: dict[str, int] = {}
-    for _, _, error, _ in _rows():
+    for _, _, error, _, _ in _rows():
         for word in {w.lower() for span in re.findall(r"`([^`]+)`", error) for w in re.findall(r"\w+", span)}:
             counts[word] = counts.get(word, 0) + 1
     return counts
@@ -216,7 +231,7 @@ def _problem(span: str, nodes: list[ast.AST]) -> str | None:
 
 @pytest.mark.parametrize(
     ("bad", "error", "refs"),
-    [pytest.param(bad, error, refs, id=f"line{number}") for number, bad, error, refs in _rows()],
+    [pytest.param(bad, error, refs, id=f"line{number}") for number, bad, error, _, refs in _rows()],
 )
 def test_named_test_checks_the_documented_error(bad, error, refs):
     spans = re.findall(r"`([^`]+)`", error)
@@ -230,3 +245,82 @@ def test_named_test_checks_the_documented_error(bad, error, refs):
             # Of a file named alone, report only its tests that check some error.
             unchecked[span] = {n: p for n, p in problems.items() if len(candidates) == 1 or "no pytest" not in p}
     assert not unchecked, f"{bad!r}: the named test does not check {unchecked}"
+
+
+# ----------------------------------------------------------------------------- does the row's try-it give it?
+
+
+def _tried(text: str, folder: Path, capsys) -> str:
+    """The error a "try it" command line or Python call gives: ``metajax``'s stderr, or ``Type: message``."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    import metajax
+    from metajax.app import cli
+
+    if text.startswith("metajax "):
+        argv = [str(folder) if word == "DIR" else word for word in shlex.split(text)[1:]]
+        with pytest.raises(SystemExit) as info:
+            cli.main(argv)
+        err = capsys.readouterr().err
+        assert info.value.code == 2, f"{text}: exit status {info.value.code}, expected 2; stderr: {err}"
+        return err
+    with pytest.raises(Exception) as info:  # noqa: PT011 - any exception; its text is checked below
+        eval(text, {"metajax": metajax, "jax": jax, "jnp": jnp, "np": np})  # noqa: S307 - the docs' own calls
+    error = info.value
+    message = error.args[0] if isinstance(error, KeyError) and error.args else str(error)
+    return f"{type(error).__name__}: {message}"
+
+
+def _gives(span: str, got: str) -> bool:
+    """Whether ``got`` holds the span's exception type (if any) and its pieces between placeholders, in order."""
+    kind = _EXCEPTION.match(span)
+    if kind and not got.startswith(kind[1] + ":"):
+        return False
+    at = 0
+    for piece in _PLACEHOLDER.split(span[kind.end() :] if kind else span):
+        found = got.find(piece.strip(), at)
+        if found < 0:
+            return False
+        at = found + len(piece.strip())
+    return True
+
+
+@pytest.mark.parametrize(
+    ("error", "tries"),
+    [pytest.param(error, tries, id=f"line{number}") for number, _, error, tries, _ in _rows() if tries],
+)
+def test_try_it_gives_the_documented_error(error, tries, tmp_path, capsys):
+    spans = re.findall(r"`([^`]+)`", error)
+    for i, text in enumerate(tries):
+        got = _tried(text, tmp_path / f"run{i}", capsys)
+        assert any(_gives(span, got) for span in spans), f"{text} gave {got!r}, none of {spans}"
+
+
+def _strings(nodes: list[ast.AST]) -> str:
+    """Every string literal of ``nodes``, docstrings excluded, joined by newlines."""
+    skip = _docstrings(nodes)
+    return "\n".join(
+        sub.value
+        for node in nodes
+        for sub in ast.walk(node)
+        if isinstance(sub, ast.Constant) and isinstance(sub.value, str) and id(sub) not in skip
+    )
+
+
+@pytest.mark.parametrize(
+    ("bad", "refs"),
+    [pytest.param(bad, refs, id=f"line{number}") for number, bad, _, tries, refs in _rows() if not tries],
+)
+def test_named_test_passes_the_flags_of_the_bad_input(bad, refs):
+    trigger = re.sub(r"\(e\.g\. [^)]*\)", "", bad)  # an example of how it arises is not the trigger
+    flags = {f for span in re.findall(r"`([^`]+)`", trigger) for f in re.findall(r"--[a-z][\w-]*", span)}
+    nodes = [node for ref in refs for _, found in _candidates(ref) for node in found]
+    passed, names = _strings(nodes), _identifiers(nodes) | _keywords(nodes)
+
+    def given(flag: str) -> bool:  # as a command-line word, or by its Python name (inner_lr=...)
+        return bool(re.search(re.escape(flag) + r"\b(?!-)", passed)) or flag[2:].replace("-", "_") in names
+
+    missing = sorted(f for f in flags if not given(f))
+    assert not missing, f"{bad!r}: the named test {refs} never passes {missing}"

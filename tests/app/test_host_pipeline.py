@@ -85,5 +85,7 @@ def test_resume_restores_the_position_saved_with_the_checkpoint(tmp_path):
     metajax.train(learner, FewShot(images, ways=2, shots=1, queries=1), optax.sgd(0.1), num_steps=1,
                   checkpointer=checkpointer, **common)  # fmt: skip
     checkpointer.close()
+    argv = ["train", "--task", "omniglot", "--host-pipeline", "--resume", str(tmp_path / "plain"), "--out", "x"]
+    args = cli.build_parser().parse_args(argv)  # what train_command restores from, for these flags
     with feed() as other, pytest.raises(SystemExit, match="holds no episode-stream position, so the run cannot"):
-        cli._restore_position(other, tmp_path / "plain", 1)
+        cli._restore_position(other, args.resume, 1)
