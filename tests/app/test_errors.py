@@ -162,3 +162,49 @@ def test_ctrl_c_exits_130_with_one_line(tmp_path):
     _, stderr = child.communicate(timeout=120)
     assert child.returncode == 130, stderr[-3000:]
     assert stderr.strip().splitlines()[-1] == "metajax train: interrupted (Ctrl-C)."
+
+
+# Runs `metajax ARGV`, with the second checkpoint's save slowed down and MARKER written as it starts.
+_SLOW_SAVE = """
+import sys, time
+from pathlib import Path
+import orbax.checkpoint as ocp
+from metajax.app import cli
+
+marker, original, calls = Path(sys.argv[1]), ocp.CompositeCheckpointHandler.finalize, []
+
+def slow(self, directory):
+    calls.append(directory)
+    if len(calls) == 2:  # the second checkpoint, written to its temporary folder, not yet renamed
+        marker.write_text(str(directory))
+        time.sleep(3)
+    return original(self, directory)
+
+ocp.CompositeCheckpointHandler.finalize = slow
+sys.exit(cli.main(sys.argv[2:]))
+"""
+
+
+def test_ctrl_c_during_a_checkpoint_save_leaves_it_complete_and_exits_130(tmp_path):
+    from metajax.checkpoint import Checkpointer
+
+    out, marker = tmp_path / "run", tmp_path / "saving"
+    argv = ["train", "--steps", "100000", "--steps-per-call", "1", "--checkpoint-every", "2", "--no-progress"]
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    child = subprocess.Popen([sys.executable, "-c", _SLOW_SAVE, str(marker), *argv, "--out", str(out)], env=env,
+                             stderr=subprocess.PIPE, text=True)  # fmt: skip
+    deadline = time.monotonic() + 300
+    while not marker.is_file():
+        assert child.poll() is None and time.monotonic() < deadline, "the second save never started"
+        time.sleep(0.02)
+    child.send_signal(signal.SIGINT)  # while orbax writes checkpoint 4
+    try:
+        _, stderr = child.communicate(timeout=120)
+    finally:
+        child.kill()
+    assert child.returncode == 130, stderr[-3000:]
+    assert stderr.strip().splitlines()[-1] == "metajax train: interrupted (Ctrl-C)."
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["2", "4"]  # no half-written step
+    checkpointer = Checkpointer(out / "checkpoints", every=2)
+    assert checkpointer.steps() == [2, 4] and checkpointer.record(4)["algo"] == "maml"
+    checkpointer.close()
