@@ -1,6 +1,7 @@
 """The ``metajax train`` contract: metrics.json with config, curve and per-step eval."""
 
 import json
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -116,6 +117,40 @@ def test_eval_reproduces_the_runs_evaluation_from_its_checkpoint(tmp_path):
     np.testing.assert_allclose(evaluated["eval"]["mse"]["mean"], trained["mse"]["mean"], rtol=1e-6)
     with pytest.raises(SystemExit, match="holds no checkpoints/ folder"):
         cli.main(["eval", str(tmp_path)])
+
+
+RESULTS = Path(__file__).resolve().parents[2] / "docs" / "results"
+IMAML_RESULTS = (RESULTS / "sinusoid-imaml-k5.json", RESULTS / "omniglot-imaml-5w1s.json")
+
+
+def test_imamls_flag_defaults_are_the_librarys_and_those_its_results_were_measured_with():
+    import metajax
+
+    args = cli.build_parser().parse_args(["train", "--algo", "imaml", "--out", "x"])
+    cli._fill_defaults(args)
+    assert cli.build_learner(args).meta_gradient == metajax.Implicit()  # no flags: the library's default
+    for name in cli.LEARNER_FLAGS["imaml"]:
+        for path in IMAML_RESULTS:  # the measured protocols used every default
+            assert json.loads(path.read_text())["config"][name] == getattr(args, name), (path.name, name)
+
+
+def test_eval_of_a_run_recorded_before_a_learner_flag_existed_uses_the_value_it_ran_with(tmp_path):
+    import metajax
+    from metajax.checkpoint import Checkpointer
+
+    out = tmp_path / "run"
+    assert cli.main(tiny_sinusoid_run(out, "imaml", "--eval-tasks 4 --eval-steps 1")) == 0
+    record, args, _, state = cli.restore_run(out)
+    assert (args.imaml_cg_damping, args.imaml_inner_clip) == (1000.0, 100.0)  # recorded: read back as they are
+    checkpointer = Checkpointer(out / "checkpoints", every=1)
+    # The record of a run from before --imaml-cg-damping and --imaml-inner-clip (iMAML then ran undamped, unclipped).
+    checkpointer.save(state, {k: v for k, v in record.items() if k not in ("imaml_cg_damping", "imaml_inner_clip")})
+    checkpointer.close()
+    _, args, run, _ = cli.restore_run(out)
+    assert (args.imaml_cg_damping, args.imaml_inner_clip) == (0.0, 0.0)
+    assert run.learner.meta_gradient == metajax.Implicit(prox=1.0, cg_steps=5, damping=0.0)
+    assert cli.main(["eval", str(out), "--eval-tasks", "4"]) == 0
+    assert "imaml_cg_damping" not in json.loads((out / "eval.json").read_text())["config"]  # the record, as it is
 
 
 def test_learners_are_evaluated_with_their_protocols_steps_and_warned_past_their_trained_ones(tmp_path, capsys):

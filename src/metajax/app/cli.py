@@ -135,21 +135,33 @@ def build_parser() -> argparse.ArgumentParser:
         "--feat-contrastive",
         type=float,
         default=None,
-        help="FEAT's contrastive regulariser weight (the paper's balance, 0.1 to 1; default 0: off)",
+        help="FEAT's contrastive regulariser weight (the paper's balance, 0.1 to 1; "
+        f"default {_default('feat_contrastive')}: off)",
     )
-    t.add_argument("--imaml-prox", type=float, default=None, help="iMAML proximal strength lambda (default 1.0)")
-    t.add_argument("--imaml-cg-steps", type=int, default=None, help="iMAML conjugate-gradient steps (default 5)")
+    t.add_argument(
+        "--imaml-prox",
+        type=float,
+        default=None,
+        help=f"iMAML proximal strength lambda (default {_default('imaml_prox')})",
+    )
+    t.add_argument(
+        "--imaml-cg-steps",
+        type=int,
+        default=None,
+        help=f"iMAML conjugate-gradient steps (default {_default('imaml_cg_steps')})",
+    )
     t.add_argument(
         "--imaml-cg-damping",
         type=float,
         default=None,
-        help="added to lambda in iMAML's implicit-gradient system (I + H/(lambda + damping)) v = g (default 1000)",
+        help="added to lambda in iMAML's implicit-gradient system (I + H/(lambda + damping)) v = g "
+        f"(default {_default('imaml_cg_damping')})",
     )
     t.add_argument(
         "--imaml-inner-clip",
         type=float,
         default=None,
-        help="clip each iMAML inner gradient to this global norm (default 100; 0: off)",
+        help=f"clip each iMAML inner gradient to this global norm (default {_default('imaml_inner_clip')}; 0: off)",
     )
     t.add_argument(
         "--bn-mode",
@@ -160,16 +172,23 @@ def build_parser() -> argparse.ArgumentParser:
         "(default transductive; per_step for maml++)",
     )
     t.add_argument(
-        "--msl-epochs", type=int, default=None, help="maml++: epochs of the multi-step loss (default 20; 0: off)"
+        "--msl-epochs",
+        type=int,
+        default=None,
+        help=f"maml++: epochs of the multi-step loss (default {_default('msl_epochs')}; 0: off)",
     )
     t.add_argument(
         "--first-order-epochs",
         type=int,
         default=None,
-        help="maml++: epochs of first-order meta-gradients before second order (default 0)",
+        help="maml++: epochs of first-order meta-gradients before second order "
+        f"(default {_default('first_order_epochs')})",
     )
     t.add_argument(
-        "--epoch-steps", type=int, default=None, help="maml++: meta-steps per epoch of its schedules (default 500)"
+        "--epoch-steps",
+        type=int,
+        default=None,
+        help=f"maml++: meta-steps per epoch of its schedules (default {_default('epoch_steps')})",
     )
     t.add_argument(
         "--steps-per-call", type=int, default=None, help="meta-steps per dispatch (default: 100 for sinusoid)"
@@ -223,6 +242,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _default(name: str) -> str:
+    """A learner flag's default (the registry factory's) as its help shows it."""
+    return f"{LEARNER_DEFAULTS[name]:g}"
+
+
 def _network(args: argparse.Namespace, family: str):
     """``out -> flax module`` of ``--task`` and ``--backbone`` (``out=None``: the feature extractor)."""
     from metajax import models
@@ -258,16 +282,7 @@ def build_learner(args: argparse.Namespace, ways: int | None = None):
         inner_lr=args.inner_lr,
         inner_steps=args.inner_steps,
     )
-    options = dict(
-        prox=args.imaml_prox,
-        cg_steps=args.imaml_cg_steps,
-        cg_damping=args.imaml_cg_damping,
-        inner_clip=args.imaml_inner_clip,
-        contrastive=args.feat_contrastive,
-        msl_epochs=args.msl_epochs,
-        first_order_epochs=args.first_order_epochs,
-        epoch_steps=args.epoch_steps,
-    )
+    options = {option: getattr(args, name) for flags in LEARNER_OPTIONS.values() for name, option in flags.items()}
     return registry.build(args.algo, spec, **options)
 
 
@@ -298,24 +313,31 @@ def build_tasks(args: argparse.Namespace):
 
 # Flags that set only image tasks, only iMAML; their defaults once they are known to apply.
 IMAGE_FLAGS = ("ways", "train_ways", "data_root", "backbone", "filters", "bn_mode")
-# Flags of one learner's own options: refused with any other --algo.
-IMAML_FLAGS = ("imaml_prox", "imaml_cg_steps", "imaml_cg_damping", "imaml_inner_clip")
-MAMLPP_FLAGS = ("msl_epochs", "first_order_epochs", "epoch_steps")
-LEARNER_FLAGS = {"imaml": IMAML_FLAGS, "feat": ("feat_contrastive",), "maml++": MAMLPP_FLAGS}
+# Flags of one learner's own options (refused with any other --algo): flag -> the registry option it sets.
+LEARNER_OPTIONS = {
+    "imaml": {
+        "imaml_prox": "prox",
+        "imaml_cg_steps": "cg_steps",
+        "imaml_cg_damping": "cg_damping",
+        "imaml_inner_clip": "inner_clip",
+    },
+    "feat": {"feat_contrastive": "contrastive"},
+    "maml++": {"msl_epochs": "msl_epochs", "first_order_epochs": "first_order_epochs", "epoch_steps": "epoch_steps"},
+}
+LEARNER_FLAGS = {algo: tuple(flags) for algo, flags in LEARNER_OPTIONS.items()}
+# Their defaults are the registry factories' own, so the library and the command agree.
+LEARNER_DEFAULTS = {
+    name: registry.entry(algo).defaults[option]
+    for algo, flags in LEARNER_OPTIONS.items()
+    for name, option in flags.items()
+}
 DEFAULTS = {
     "ways": 5,
     "backbone": "conv4",
     "inner_steps": 1,
-    "imaml_prox": 1.0,
-    "imaml_cg_steps": 5,
-    "imaml_cg_damping": 1000.0,
-    "imaml_inner_clip": 100.0,
-    "feat_contrastive": 0.0,
     "bn_mode": "transductive",
     "meta_lr_schedule": "constant",
-    "msl_epochs": 20,
-    "first_order_epochs": 0,
-    "epoch_steps": 500,
+    **LEARNER_DEFAULTS,
 }
 # Where a learner's default differs from DEFAULTS: iMAML's implicit gradient is that of the
 # proximal problem's solution, which one inner step does not approach; MAML++ (Antoniou et al.
@@ -324,6 +346,11 @@ ALGO_DEFAULTS: dict[str, dict[str, object]] = {
     "imaml": {"inner_steps": 10},
     "maml++": {"meta_lr_schedule": "cosine", "bn_mode": "per_step"},
 }
+# What a run recorded before a learner's flag existed ran with, where that differs from the
+# flag's default: a record lacking the flag is evaluated (metajax eval) as it was trained.
+# iMAML ran Implicit(prox, cg_steps) undamped and without inner clipping until
+# --imaml-cg-damping and --imaml-inner-clip came (issue 17, 3a0d3ca).
+LEGACY_DEFAULTS: dict[str, dict[str, object]] = {"imaml": {"imaml_cg_damping": 0.0, "imaml_inner_clip": 0.0}}
 # Learners whose protocol tests with the inner steps they were trained with: Meta-SGD's step
 # sizes are learned for those steps, ANIL's head overshoots past them, iMAML trains on the
 # inner solution they reach, MAML++ learns a step size and batch-norm weights per step. The
@@ -704,7 +731,11 @@ def restore_run(run_dir: Path, step: int | None = None, overrides: dict | None =
         for name, value in record.items():
             if hasattr(train_args, name):
                 setattr(train_args, name, Path(value) if name in ("out", "data_root", "resume") and value else value)
-        _fill_defaults(train_args)  # a record holds every setting; older ones may lack newer flags
+        # A record holds every setting of its time; a flag added since takes the value the run had then.
+        for name, value in LEGACY_DEFAULTS.get(train_args.algo, {}).items():
+            if name not in record:
+                setattr(train_args, name, value)
+        _fill_defaults(train_args)
         for name, value in (overrides or {}).items():
             if value is not None:
                 setattr(train_args, name, value)
