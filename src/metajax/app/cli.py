@@ -35,8 +35,9 @@ from metajax.app.runs import (
     machine,
     read_json_lines,
     refuse_other_settings,
-    require_tensorboard,
+    require_loggers,
     resume_or_exit,
+    scalar_writers,
     settings,
     write_json_atomic,
 )
@@ -58,6 +59,8 @@ BN_MODES = ("transductive", "support", "per_step")  # metajax.models.layers.BN_M
 # others normalise with the statistics of the batch they are given.
 BN_MODE_ALGORITHMS = ("maml", "fomaml", "imaml", "maml++")
 LR_SCHEDULES = ("constant", "cosine")
+WANDB_MODES = ("online", "offline", "disabled")
+WANDB_FLAGS = ("wandb_project", "wandb_name", "wandb_mode")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -218,6 +221,18 @@ def build_parser() -> argparse.ArgumentParser:
     launch.add_arguments(t)
     t.add_argument("--overwrite", action="store_true", help="replace the run already in --out (its files only)")
     t.add_argument("--tensorboard", action="store_true", help="also write TensorBoard events to OUT/tensorboard")
+    t.add_argument(
+        "--wandb", action="store_true", help="also log to Weights & Biases, files in OUT/wandb (metajax[wandb])"
+    )
+    t.add_argument("--wandb-project", default=None, help="with --wandb: the W&B project (default metajax)")
+    t.add_argument("--wandb-name", default=None, help="with --wandb: the W&B run's name (default: --out)")
+    t.add_argument(
+        "--wandb-mode",
+        choices=WANDB_MODES,
+        default=None,
+        help="with --wandb: sync to the W&B server (online), keep the run on disk for wandb sync (offline), or "
+        "log nothing (disabled) (default: $WANDB_MODE, else online)",
+    )
     rl_app.add_arguments(t)
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
     t.add_argument(
@@ -397,8 +412,7 @@ def _check_args(args: argparse.Namespace) -> None:
     launch.join(args)
     if launch.is_primary(args):
         check_out(args.out, args.resume, args.overwrite)
-    if args.tensorboard:
-        require_tensorboard()
+    require_loggers(args)
 
 
 def _check_meta_lr_schedule(args: argparse.Namespace) -> None:
@@ -453,6 +467,8 @@ def _refuse_inapplicable(args: argparse.Namespace) -> None:
     for algo, names in LEARNER_FLAGS.items():
         if args.algo != algo and given(names):
             raise CommandError(f"{given(names)} applies to --algo {algo} only, not --algo {args.algo}.")
+    if not args.wandb and given(WANDB_FLAGS):
+        raise CommandError(f"{given(WANDB_FLAGS)} sets the Weights & Biases run of --wandb; pass --wandb too.")
     if args.workers is not None and not args.host_pipeline:
         raise CommandError(f"--workers {args.workers} sets the threads of --host-pipeline; pass --host-pipeline too.")
     if args.host_pipeline and (args.task == "sinusoid" or args.task in rl_app.TASKS):
@@ -556,8 +572,8 @@ def _evaluate(run: _Run, params, key, num_tasks: int) -> dict:
 # meta-batch) define what is learned and are refused.
 RESUMABLE = (
     "out", "steps", "time_limit", "no_progress", "log_every", "checkpoint_every",
-    "tensorboard", "steps_per_call", "task_batching", "eval_tasks", "eval_steps", "test_query", "data_root",
-    "config", "workers", *launch.RESUMABLE,
+    "tensorboard", "wandb", *WANDB_FLAGS, "steps_per_call", "task_batching", "eval_tasks", "eval_steps",
+    "test_query", "data_root", "config", "workers", *launch.RESUMABLE,
 )  # fmt: skip
 
 
@@ -584,6 +600,7 @@ def train_command(args: argparse.Namespace) -> dict:
     primary, mesh = launch.is_primary(args), launch.mesh(args)
     if primary:
         claim(args.out, args.overwrite)  # the first change to the folder
+    log_file = JsonLines(args.out / "log.jsonl", log, scalar_writers(args, config)) if primary else None
     checkpoint_every = args.checkpoint_every
     if checkpoint_every is None:
         checkpoint_every = 10000 if args.task == "sinusoid" else 500
@@ -592,11 +609,6 @@ def train_command(args: argparse.Namespace) -> dict:
         from metajax.checkpoint import Checkpointer
 
         checkpointer = Checkpointer(args.out / "checkpoints", every=checkpoint_every)
-    log_file = (
-        JsonLines(args.out / "log.jsonl", log, tensorboard=args.out / "tensorboard" if args.tensorboard else None)
-        if primary
-        else None
-    )
     start_step, t0 = int(state.step), time.perf_counter()
     history: list[dict] = []
     try:
