@@ -135,6 +135,9 @@ omniglot_missing() {
   printf '%s' "${missing[*]:-}"
 }
 
+# The folder metajax.datasets caches a data root's arrays in (cache_folder): the SHA-256 of its resolved path.
+root_key() { printf '%s' "$(cd "$1" && pwd -P)" | sha256sum | cut -c1-16; }
+
 prepare_data() {
   local src=${1:-${METAJAX_DATA:-}} dest=$ROOT/data name dir cache exclude
   [[ -n $src ]] || die_usage "--prepare-data needs SRC (or \$METAJAX_DATA): the folder holding the Omniglot zips"
@@ -154,7 +157,8 @@ prepare_data() {
       fi
     done
   done
-  cache=${METAJAX_CACHE:-$HOME/.cache/metajax/cache}/omniglot
+  # The loader caches each data root's arrays apart; the copy is filed under the device's root when the suite starts.
+  cache=${METAJAX_CACHE:-$HOME/.cache/metajax/cache}/omniglot/$(root_key "$src")
   if compgen -G "$cache/*_28px.npz" >/dev/null; then
     mkdir -p "$dest/cache/omniglot"
     cp "$cache"/*_28px.npz "$dest/cache/omniglot/"
@@ -243,6 +247,10 @@ fi
 if [[ -d $ROOT/data ]]; then
   export METAJAX_DATA=$ROOT/data
   export METAJAX_CACHE=${METAJAX_CACHE:-$ROOT/data/cache}
+  if compgen -G "$METAJAX_CACHE/omniglot/*_28px.npz" >/dev/null; then  # as --prepare-data copied it
+    mkdir -p "$METAJAX_CACHE/omniglot/$(root_key "$METAJAX_DATA")"
+    mv "$METAJAX_CACHE"/omniglot/*_28px.npz "$METAJAX_CACHE/omniglot/$(root_key "$METAJAX_DATA")/"
+  fi
 fi
 DATA_ROOT=${METAJAX_DATA:-$HOME/.cache/metajax}  # where metajax.datasets looks
 DATA_MISSING=$(omniglot_missing "$DATA_ROOT")

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import socket
+from pathlib import Path
 
 import flax.linen as nn
 import jax
@@ -181,3 +183,8 @@ def linear_policy_params(theta):
 def as_theta(grads):
     dense = grads["mean"]["Dense_0"]
     return np.array([dense["kernel"][0, 0], dense["bias"][0], grads["log_std"][0]])
+
+
+def cache_of(cache: Path, dataset: str, root: Path) -> Path:
+    """Where the loaders cache ``dataset`` decoded from the data folder ``root``: a folder per resolved root."""
+    return cache / dataset / hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:16]

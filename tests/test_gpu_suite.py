@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from helpers import cache_of
 from metajax.app import bench, cli
 
 REPO = Path(__file__).resolve().parents[1]
@@ -265,15 +266,18 @@ def test_parts_without_data_or_time_are_skipped_with_the_reason(tmp_path):
 def test_prepare_data_copies_omniglot_into_an_ignored_folder(tmp_path):
     root = _fake_repo(tmp_path)
     subprocess.run(["git", "init", "-q", str(root)], check=True)
-    cache = tmp_path / "cache"
-    (cache / "omniglot").mkdir(parents=True)
-    (cache / "omniglot" / "background_28px.npz").write_bytes(b"npz")
-    result = _suite(root, "--prepare-data", str(_fake_data(tmp_path)), env={"METAJAX_CACHE": str(cache)})
+    cache, source = tmp_path / "cache", _fake_data(tmp_path)
+    cache_of(cache, "omniglot", source).mkdir(parents=True)  # the loader's cache of that data root
+    (cache_of(cache, "omniglot", source) / "background_28px.npz").write_bytes(b"npz")
+    result = _suite(root, "--prepare-data", str(source), env={"METAJAX_CACHE": str(cache)})
     assert result.returncode == 0, result.stderr
     data = root / "data"
     assert (data / "omniglot" / "images_background.zip").read_bytes() == b"zip"
     assert (data / "omniglot" / "splits" / "vinyals" / "test.txt").is_file()
     assert (data / "cache" / "omniglot" / "background_28px.npz").is_file()
+    # The suite files it under its own data root, where the loader looks on the device.
+    result = _suite(root, "--smoke", "--out", str(tmp_path / "out"), "--only", "bench-bf16", env=_stand_in(tmp_path))
+    assert (cache_of(data / "cache", "omniglot", data) / "background_28px.npz").read_bytes() == b"npz", result.stderr
     subprocess.run(["git", "-C", str(root), "check-ignore", "-q", "data/omniglot/images_background.zip"], check=True)
     # A source without the files is refused, naming what is missing.
     (tmp_path / "empty-src").mkdir()

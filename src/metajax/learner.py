@@ -209,6 +209,8 @@ class Entry:
         kinds: the task kinds it supports.
         factory: ``factory(spec, **options) -> learner``.
         options: the keyword options the factory takes.
+        defaults: each option's default, from the factory's signature (the command line's
+            defaults are these).
     """
 
     name: str
@@ -216,6 +218,7 @@ class Entry:
     kinds: tuple[str, ...]
     factory: Callable[..., Any]
     options: tuple[str, ...]
+    defaults: dict[str, Any]
 
 
 _REGISTRY: dict[str, Entry] = {}
@@ -231,8 +234,9 @@ def register(name: str, *, family: str, kinds: tuple[str, ...] = KINDS) -> Calla
         if name in _REGISTRY:
             raise ValueError(f"a learner named {name!r} is already registered ({_REGISTRY[name].factory}).")
         params = list(inspect.signature(factory).parameters.values())[1:]
-        options = tuple(p.name for p in params if p.kind == inspect.Parameter.KEYWORD_ONLY)
-        _REGISTRY[name] = Entry(name, family, tuple(kinds), factory, options)
+        keyword = [p for p in params if p.kind == inspect.Parameter.KEYWORD_ONLY]
+        options = tuple(p.name for p in keyword)
+        _REGISTRY[name] = Entry(name, family, tuple(kinds), factory, options, {p.name: p.default for p in keyword})
         return factory
 
     return decorate

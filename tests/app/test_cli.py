@@ -1,6 +1,8 @@
 """The ``metajax train`` contract: metrics.json with config, curve and per-step eval."""
 
 import json
+import sys
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -118,6 +120,40 @@ def test_eval_reproduces_the_runs_evaluation_from_its_checkpoint(tmp_path):
         cli.main(["eval", str(tmp_path)])
 
 
+RESULTS = Path(__file__).resolve().parents[2] / "docs" / "results"
+IMAML_RESULTS = (RESULTS / "sinusoid-imaml-k5.json", RESULTS / "omniglot-imaml-5w1s.json")
+
+
+def test_imamls_flag_defaults_are_the_librarys_and_those_its_results_were_measured_with():
+    import metajax
+
+    args = cli.build_parser().parse_args(["train", "--algo", "imaml", "--out", "x"])
+    cli._fill_defaults(args)
+    assert cli.build_learner(args).meta_gradient == metajax.Implicit()  # no flags: the library's default
+    for name in cli.LEARNER_FLAGS["imaml"]:
+        for path in IMAML_RESULTS:  # the measured protocols used every default
+            assert json.loads(path.read_text())["config"][name] == getattr(args, name), (path.name, name)
+
+
+def test_eval_of_a_run_recorded_before_a_learner_flag_existed_uses_the_value_it_ran_with(tmp_path):
+    import metajax
+    from metajax.checkpoint import Checkpointer
+
+    out = tmp_path / "run"
+    assert cli.main(tiny_sinusoid_run(out, "imaml", "--eval-tasks 4 --eval-steps 1")) == 0
+    record, args, _, state = cli.restore_run(out)
+    assert (args.imaml_cg_damping, args.imaml_inner_clip) == (1000.0, 100.0)  # recorded: read back as they are
+    checkpointer = Checkpointer(out / "checkpoints", every=1)
+    # The record of a run from before --imaml-cg-damping and --imaml-inner-clip (iMAML then ran undamped, unclipped).
+    checkpointer.save(state, {k: v for k, v in record.items() if k not in ("imaml_cg_damping", "imaml_inner_clip")})
+    checkpointer.close()
+    _, args, run, _ = cli.restore_run(out)
+    assert (args.imaml_cg_damping, args.imaml_inner_clip) == (0.0, 0.0)
+    assert run.learner.meta_gradient == metajax.Implicit(prox=1.0, cg_steps=5, damping=0.0)
+    assert cli.main(["eval", str(out), "--eval-tasks", "4"]) == 0
+    assert "imaml_cg_damping" not in json.loads((out / "eval.json").read_text())["config"]  # the record, as it is
+
+
 def test_learners_are_evaluated_with_their_protocols_steps_and_warned_past_their_trained_ones(tmp_path, capsys):
     out = tmp_path / "metasgd"
     assert cli.main(tiny_sinusoid_run(out, "metasgd", "--eval-tasks 4")) == 0
@@ -200,3 +236,91 @@ def test_tensorboard_events_hold_the_logged_scalars(tmp_path):
     log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     assert [s for s, _ in scalars["train/loss"]] == [10, 20]
     np.testing.assert_allclose([v for _, v in scalars["train/loss"]], [e["loss"] for e in log], rtol=1e-6)
+
+
+def _logged_scalars(out) -> dict[int, dict]:
+    """``log.jsonl``'s numbers at each step, named as the loggers name them (``train/<name>``)."""
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    numbers = (int, float)
+    return {e["step"]: {f"train/{k}": v for k, v in e.items() if k != "step" and isinstance(v, numbers)} for e in log}
+
+
+def _wandb_records(path):
+    """The records of a W&B run file (``run-<id>.wandb``): a LevelDB log of ``wandb_internal_pb2.Record``."""
+    import struct
+
+    from wandb.proto import wandb_internal_pb2
+
+    raw, block, records, pending, pos = path.read_bytes(), 32768, [], b"", 7
+    assert raw[:4] == b":W&B"  # then the magic and version: 3 bytes
+    while pos + 7 <= len(raw):
+        room = block - pos % block
+        _, length, kind = struct.unpack("<IHB", raw[pos : pos + 7]) if room >= 7 else (0, 0, 0)
+        if kind == 0:  # the rest of the block is padding
+            pos += room
+            continue
+        pending, pos = pending + raw[pos + 7 : pos + 7 + length], pos + 7 + length
+        if kind in (1, 4):  # FULL, LAST
+            records.append(wandb_internal_pb2.Record.FromString(pending))
+            pending = b""
+    return records
+
+
+def test_wandb_offline_run_holds_the_logged_scalars(tmp_path, monkeypatch):
+    pytest.importorskip("wandb")
+    for name in ("WANDB_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_DATA_DIR"):
+        monkeypatch.setenv(name, str(tmp_path / "wandb-home"))
+    out = tmp_path / "run"
+    argv = tiny_sinusoid_run(out, "maml", "--eval-tasks 2 --eval-steps 1 --wandb --wandb-mode offline")
+    assert cli.main(argv) == 0
+    (run_file,) = (out / "wandb").glob("offline-run-*/run-*.wandb")
+    history, config = {}, {}
+    for record in _wandb_records(run_file):
+        if record.HasField("history"):
+            # "train/loss" is stored as the nested key ("train", "loss")
+            items = {item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in record.history.item}
+            history[record.history.step.num] = {k: v for k, v in items.items() if k.startswith("train/")}
+        if record.HasField("run"):  # the run's start: its config
+            config.update({item.key: json.loads(item.value_json) for item in record.run.config.update})
+    assert history == _logged_scalars(out) and sorted(history) == [10, 20]
+    config.pop("_wandb")
+    assert config == json.loads((out / "metrics.json").read_text())["config"]  # the run's settings
+    assert config["wandb_mode"] == "offline"
+
+
+def test_wandb_gets_the_documented_calls(tmp_path, monkeypatch):
+    """Through a stand-in ``wandb`` module: ``init``, ``log`` per entry, ``finish`` (whether or not wandb is here)."""
+    import types
+
+    calls = []
+
+    class Run:
+        def log(self, data, step):
+            calls.append(("log", data, step))
+
+        def finish(self):
+            calls.append(("finish",))
+
+    def init(**kwargs):
+        calls.append(("init", kwargs))
+        return Run()
+
+    fake = types.ModuleType("wandb")
+    fake.init, fake.errors = init, types.SimpleNamespace(Error=RuntimeError)
+    monkeypatch.setitem(sys.modules, "wandb", fake)
+    out = tmp_path / "run"
+    assert cli.main(tiny_sinusoid_run(out, "maml", "--eval-tasks 2 --eval-steps 1 --wandb --wandb-project p")) == 0
+    (_, kwargs), *logs, finish = calls
+    assert kwargs["config"] == json.loads((out / "metrics.json").read_text())["config"]
+    assert {k: v for k, v in kwargs.items() if k != "config"} == dict(
+        project="p", name=str(out), mode=None, dir=str(out)
+    )
+    assert {step: data for _, data, step in logs} == _logged_scalars(out) and finish == ("finish",)
+
+    def refused(**kwargs):
+        raise RuntimeError("api_key not configured (no-tty)")  # as wandb.errors.UsageError says it
+
+    fake.init = refused
+    with pytest.raises(SystemExit, match=r"--wandb: wandb.init\(project='metajax', mode=None\) failed: api_key"):
+        cli.main(tiny_sinusoid_run(tmp_path / "other", "maml", "--eval-tasks 2 --wandb"))
+    assert not (tmp_path / "other" / "log.jsonl").exists()

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import sys
 
 import pytest
@@ -64,14 +65,29 @@ def test_out_that_is_a_file_or_not_writable_is_refused(tmp_path, monkeypatch):
     assert not (tmp_path / "new").exists()
 
 
-def test_tensorboard_without_tensorboardx_is_refused_before_the_folder_is_touched(run, tmp_path, monkeypatch):
-    monkeypatch.setitem(sys.modules, "tensorboardX", None)  # import tensorboardX raises ImportError
+@pytest.mark.parametrize(
+    ("option", "module", "message"),
+    [
+        ("--tensorboard", "tensorboardX", '--tensorboard needs tensorboardX: pip install "metajax[tensorboard]".'),
+        ("--wandb", "wandb", '--wandb needs wandb: pip install "metajax[wandb]".'),
+    ],
+)
+def test_a_logger_without_its_package_is_refused_before_the_folder_is_touched(
+    run, tmp_path, monkeypatch, option, module, message
+):
+    monkeypatch.setitem(sys.modules, module, None)  # import <module> raises ImportError
     before = _snapshot(run)
-    with pytest.raises(SystemExit, match="--tensorboard needs tensorboardX"):
-        train(run, "--resume", str(run), "--steps", "3", "--tensorboard")
+    with pytest.raises(SystemExit, match=re.escape(message)):
+        train(run, "--resume", str(run), "--steps", "3", option)
     assert _snapshot(run) == before
-    with pytest.raises(SystemExit, match="--tensorboard needs tensorboardX"):
-        train(tmp_path / "new", "--tensorboard")
+    with pytest.raises(SystemExit, match=re.escape(message)):
+        train(tmp_path / "new", option)
+    assert not (tmp_path / "new").exists()
+
+
+def test_wandb_flags_without_wandb_are_refused(tmp_path):
+    with pytest.raises(SystemExit, match="--wandb-mode sets the Weights & Biases run of --wandb; pass --wandb too."):
+        train(tmp_path / "new", "--wandb-mode", "offline")
     assert not (tmp_path / "new").exists()
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 import pickle
 import tarfile
 from pathlib import Path
@@ -11,9 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from helpers import cache_of
 from metajax.datasets import CIFAR_FS_CLASSES, FC100_SUPERCLASSES, load_cifar_fs, load_fc100
 from metajax.datasets import cifar as cifar_module
 from metajax.datasets._files import KnownFile
+from metajax.tasks import benchmark
 
 # CIFAR-100's coarse_label_names, in label order (the official meta file).
 COARSE = (
@@ -132,12 +135,30 @@ def test_fc100_from_the_archive_takes_every_fine_class_of_its_superclasses(tmp_p
         _check(data, expected)
 
 
+def test_a_benchmark_reads_and_verifies_the_archive_once_per_process(tmp_path, monkeypatch):
+    archive = tmp_path / "cifar-100-python.tar.gz"
+    _trust(monkeypatch, archive.name, _archive(archive))
+    opened, verified = [], []
+    tar_open, verify = tarfile.open, cifar_module.verify_file
+    monkeypatch.setattr(tarfile, "open", lambda name, *a, **k: opened.append(name) or tar_open(name, *a, **k))
+    monkeypatch.setattr(cifar_module, "verify_file", lambda path, *a: verified.append(path) or verify(path, *a))
+    cifar_fs = benchmark("cifar-fs", ways=2, shots=1, queries=1, root=tmp_path)  # its three splits
+    fc100 = benchmark("fc100", ways=2, shots=1, queries=1, root=tmp_path)  # the same archive: not read again
+    assert opened == verified == [archive]
+    assert [len(part.images) for part in (*cifar_fs, *fc100)] == [64, 16, 20, 60, 20, 20]
+    _check(load_cifar_fs("val", root=tmp_path), [n for n in FINE if n in CIFAR_FS_CLASSES["val"]])  # from memory
+    assert opened == [archive]
+    os.utime(archive, ns=(archive.stat().st_atime_ns, archive.stat().st_mtime_ns + 10**9))  # replaced: read again
+    load_cifar_fs("val", root=tmp_path)
+    assert opened == verified == [archive, archive]
+
+
 def test_other_sizes_are_resized_and_cached(extracted, tmp_path, monkeypatch):
     data = load_cifar_fs("val", root=extracted, image_size=8, cache_dir=tmp_path / "cache")
     assert data.images.shape == (16, 4, 8, 8, 3)
     labels = np.asarray([FINE.index(n) for n in data.names])
     np.testing.assert_array_equal(data.images[..., 0], np.broadcast_to(labels[:, None, None, None], (16, 4, 8, 8)))
-    assert (tmp_path / "cache" / "cifar100" / "cifar-fs-val_8px.npz").is_file()
+    assert (cache_of(tmp_path / "cache", "cifar100", extracted) / "cifar-fs-val_8px.npz").is_file()
     monkeypatch.setattr(cifar_module, "_read", lambda *a: pytest.fail("read twice"))
     again = load_cifar_fs("val", root=extracted, image_size=8, cache_dir=tmp_path / "cache")
     np.testing.assert_array_equal(again.images, data.images)

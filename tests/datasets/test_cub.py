@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from helpers import cache_of
 from metajax.datasets import cub as cub_module
 from metajax.datasets import load_cub
 from metajax.datasets._files import KnownFile
@@ -74,7 +75,7 @@ def test_cub_split_classes_counts_and_order(tmp_path, split):
 def test_cub_is_decoded_once(tmp_path, monkeypatch):
     _write(tmp_path)
     first = load_cub("val", root=tmp_path, cache_dir=tmp_path / "cache")
-    assert (tmp_path / "cache" / "cub" / "val_84px.npz").is_file()
+    assert (cache_of(tmp_path / "cache", "cub", tmp_path) / "val_84px.npz").is_file()
     monkeypatch.setattr(cub_module, "decode_image", lambda *a, **k: pytest.fail("decoded twice"))
     again = load_cub("val", root=tmp_path, cache_dir=tmp_path / "cache")
     np.testing.assert_array_equal(again.images, first.images)

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from helpers import cache_of
 from metajax.datasets import load_miniimagenet
 from metajax.datasets import miniimagenet as miniimagenet_module
 from metajax.tasks import benchmark
@@ -68,7 +69,7 @@ def test_image_folder_and_csv_decoded_once(tmp_path, monkeypatch):
             lines.append(f"{name}{row:08d}.png,{name}")
     (tmp_path / "test.csv").write_text("\n".join(lines) + "\n")
     _check(*load_miniimagenet("test", root=tmp_path, cache_dir=tmp_path / "cache"))
-    assert (tmp_path / "cache" / "miniimagenet" / "test_84px.npz").is_file()
+    assert (cache_of(tmp_path / "cache", "miniimagenet", tmp_path) / "test_84px.npz").is_file()
 
     monkeypatch.setattr(miniimagenet_module, "decode_image", lambda *a, **k: pytest.fail("decoded twice"))
     _check(*load_miniimagenet("test", root=tmp_path, cache_dir=tmp_path / "cache"))

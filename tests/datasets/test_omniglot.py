@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from helpers import cache_of
 from metajax.datasets import cache_root, data_root, load_omniglot
 from metajax.datasets import omniglot as omniglot_module
 from metajax.datasets._files import KnownFile
@@ -68,17 +69,16 @@ def test_rotations_are_counter_clockwise_like_pil(data_root, omniglot_cache):
     np.testing.assert_array_equal(data.images[0], lake.images[lake.names.index(data.names[0][:-7])])
 
 
-def test_second_load_reads_the_cache(data_root, omniglot_cache, tmp_path, monkeypatch):
+def test_second_load_reads_the_cache(data_root, omniglot_cache, monkeypatch):
     first = load_omniglot("background", root=data_root, cache_dir=omniglot_cache)
-    files = sorted(p.name for p in (omniglot_cache / "omniglot").iterdir())
+    files = sorted(p.name for p in cache_of(omniglot_cache, "omniglot", data_root).iterdir())
     assert "background_28px.npz" in files and not [f for f in files if f.startswith(".")]
 
     def no_decoding(*args, **kwargs):
         raise AssertionError("the zip was decoded again")
 
     monkeypatch.setattr(omniglot_module, "_decode", no_decoding)
-    # No zip under this root: only the cache can answer.
-    second = load_omniglot("background", root=tmp_path, cache_dir=omniglot_cache, download=False)
+    second = load_omniglot("background", root=data_root, cache_dir=omniglot_cache, download=False)
     np.testing.assert_array_equal(first.images, second.images)
     assert first.names == second.names
 
@@ -112,7 +112,7 @@ def test_corrupt_zip_is_a_clear_error(data_root, tmp_path, damage):
         load_omniglot("background", root=tmp_path, cache_dir=tmp_path / "cache", download=False)
     assert "68d2efa1b9178cc56df9314c21c6e718" in str(err.value)
     assert "github.com/brendenlake/omniglot" in str(err.value)
-    assert not (tmp_path / "cache" / "omniglot" / "background_28px.npz").exists()
+    assert not (cache_of(tmp_path / "cache", "omniglot", tmp_path) / "background_28px.npz").exists()
 
 
 def test_missing_zip_names_where_to_get_it(tmp_path):
@@ -181,13 +181,33 @@ def fake_root(tmp_path, monkeypatch) -> Path:
     return tmp_path / "data"
 
 
+def test_two_data_roots_in_one_process_have_their_own_caches(tmp_path, monkeypatch):
+    roots, characters, known = [tmp_path / "a", tmp_path / "b"], [{"Alpha": 1}, {"Alpha": 2, "Beta": 1}], []
+    for root, drawn in zip(roots, characters, strict=True):
+        root.mkdir()
+        _fake_zip(root / "images_background.zip", drawn)
+        digest = hashlib.sha256((root / "images_background.zip").read_bytes()).hexdigest()
+        known.append(KnownFile((root / "images_background.zip").stat().st_size, "sha256", digest, "test"))
+    monkeypatch.setitem(omniglot_module._KNOWN, "background", tuple(known))
+    cache = tmp_path / "cache"
+    first = [load_omniglot("background", root=root, cache_dir=cache, download=False) for root in roots]
+    expected = [("Alpha/character01",), ("Alpha/character01", "Alpha/character02", "Beta/character01")]
+    assert [data.names for data in first] == expected and [len(data.images) for data in first] == [1, 3]
+    monkeypatch.setattr(omniglot_module, "_decode", lambda *a: pytest.fail("decoded again"))
+    for root, data in zip(roots, first, strict=True):  # each from its own cache
+        assert (cache_of(cache, "omniglot", root) / "background_28px.npz").is_file()
+        again = load_omniglot("background", root=root, cache_dir=cache, download=False)
+        assert again.names == data.names
+        np.testing.assert_array_equal(again.images, data.images)
+
+
 @pytest.mark.parametrize("image_size", [None, 84, 28])
 def test_decoding_sizes_order_and_polarity(fake_root, tmp_path, image_size):
     data = load_omniglot("background", root=fake_root, image_size=image_size, cache_dir=tmp_path / "cache")
     side = image_size or 105
     assert data.images.shape == (3, 20, side, side, 1)
     assert data.names == ("Alpha/character01", "Beta/character01", "Beta/character02")
-    assert (tmp_path / "cache" / "omniglot" / f"background_{side}px.npz").is_file()
+    assert (cache_of(tmp_path / "cache", "omniglot", fake_root) / f"background_{side}px.npz").is_file()
     if image_size is None:
         expected = np.zeros((20, 105, 105), np.uint8)
         for k in range(20):
@@ -199,7 +219,7 @@ def test_decoding_sizes_order_and_polarity(fake_root, tmp_path, image_size):
 
 
 def test_unreadable_cache_is_rebuilt(fake_root, tmp_path):
-    cache = tmp_path / "cache" / "omniglot" / "background_28px.npz"
+    cache = cache_of(tmp_path / "cache", "omniglot", fake_root) / "background_28px.npz"
     cache.parent.mkdir(parents=True)
     cache.write_bytes(b"garbage")
     with pytest.warns(UserWarning, match="Ignoring unreadable cache"):
@@ -267,7 +287,7 @@ def test_empty_data_folder_names_the_zips_the_root_and_the_source(tmp_path):
 def test_damaged_cache_is_named_and_rebuilt(fake_root, tmp_path, damage):
     cache_dir = tmp_path / "cache"
     good = load_omniglot("background", root=fake_root, cache_dir=cache_dir)
-    cache = cache_dir / "omniglot" / "background_28px.npz"
+    cache = cache_of(cache_dir, "omniglot", fake_root) / "background_28px.npz"
     cache.write_bytes(b"" if damage == "empty" else cache.read_bytes()[: cache.stat().st_size // 2])
     expected = "is empty (0 bytes)" if damage == "empty" else "is truncated or corrupt (BadZipFile"
     with pytest.warns(UserWarning, match=f"Ignoring unreadable cache: {re.escape(str(cache))} {re.escape(expected)}"):
@@ -279,7 +299,7 @@ def test_damaged_cache_is_named_and_rebuilt(fake_root, tmp_path, damage):
 
 
 def test_damaged_cache_without_its_source_is_refused_with_the_path(tmp_path):
-    cache = tmp_path / "cache" / "omniglot" / "background_28px.npz"
+    cache = cache_of(tmp_path / "cache", "omniglot", tmp_path / "data") / "background_28px.npz"
     cache.parent.mkdir(parents=True)
     cache.write_bytes(b"")
     with pytest.warns(UserWarning, match="Ignoring unreadable cache"), pytest.raises(FileNotFoundError) as err:

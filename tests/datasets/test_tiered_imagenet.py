@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from helpers import cache_of
 from metajax.datasets import load_tiered_imagenet
 from metajax.datasets import tiered_imagenet as tiered_module
 from metajax.tasks import RaggedFewShot, benchmark
@@ -68,7 +69,7 @@ def test_original_png_pickle_is_decoded_once(tmp_path, monkeypatch):
     _write_original(tmp_path / "tiered-imagenet", "test")
     data = load_tiered_imagenet("test", root=tmp_path, image_size=SIDE, cache_dir=tmp_path / "cache")
     _check(data, ("n01", "n02", "n03"))
-    assert (tmp_path / "cache" / "tiered_imagenet" / f"test_{SIDE}px.npz").is_file()
+    assert (cache_of(tmp_path / "cache", "tiered_imagenet", tmp_path) / f"test_{SIDE}px.npz").is_file()
     monkeypatch.setattr(tiered_module, "decode_image", lambda *a, **k: pytest.fail("decoded twice"))
     _check(load_tiered_imagenet("test", root=tmp_path, image_size=SIDE, cache_dir=tmp_path / "cache"), data.names)
 

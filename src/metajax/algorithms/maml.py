@@ -333,9 +333,14 @@ def _fomaml(spec: Spec) -> MAML:
 
 @register("imaml", family="gradient")
 def _imaml(
-    spec: Spec, *, prox: float = 1.0, cg_steps: int = 5, cg_damping: float = 1000.0, inner_clip: float = 100.0
+    spec: Spec,
+    *,
+    prox: float = Implicit.prox,
+    cg_steps: int = Implicit.cg_steps,
+    cg_damping: float = Implicit.damping,
+    inner_clip: float = 100.0,
 ) -> MAML:
-    """iMAML: ``Implicit(prox, cg_steps, cg_damping)``; ``inner_clip > 0`` clips each inner gradient's global norm."""
+    """iMAML: ``Implicit(prox, cg_steps, cg_damping)`` (its defaults); ``inner_clip > 0`` clips each inner gradient."""
     check_non_negative("cg_damping", cg_damping)  # named as the option, before Implicit names its own field
     check_non_negative("inner_clip", inner_clip)
     inner = optax.sgd(spec.inner_lr)

@@ -35,8 +35,9 @@ from metajax.app.runs import (
     machine,
     read_json_lines,
     refuse_other_settings,
-    require_tensorboard,
+    require_loggers,
     resume_or_exit,
+    scalar_writers,
     settings,
     write_json_atomic,
 )
@@ -58,6 +59,8 @@ BN_MODES = ("transductive", "support", "per_step")  # metajax.models.layers.BN_M
 # others normalise with the statistics of the batch they are given.
 BN_MODE_ALGORITHMS = ("maml", "fomaml", "imaml", "maml++")
 LR_SCHEDULES = ("constant", "cosine")
+WANDB_MODES = ("online", "offline", "disabled")
+WANDB_FLAGS = ("wandb_project", "wandb_name", "wandb_mode")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -135,21 +138,33 @@ def build_parser() -> argparse.ArgumentParser:
         "--feat-contrastive",
         type=float,
         default=None,
-        help="FEAT's contrastive regulariser weight (the paper's balance, 0.1 to 1; default 0: off)",
+        help="FEAT's contrastive regulariser weight (the paper's balance, 0.1 to 1; "
+        f"default {_default('feat_contrastive')}: off)",
     )
-    t.add_argument("--imaml-prox", type=float, default=None, help="iMAML proximal strength lambda (default 1.0)")
-    t.add_argument("--imaml-cg-steps", type=int, default=None, help="iMAML conjugate-gradient steps (default 5)")
+    t.add_argument(
+        "--imaml-prox",
+        type=float,
+        default=None,
+        help=f"iMAML proximal strength lambda (default {_default('imaml_prox')})",
+    )
+    t.add_argument(
+        "--imaml-cg-steps",
+        type=int,
+        default=None,
+        help=f"iMAML conjugate-gradient steps (default {_default('imaml_cg_steps')})",
+    )
     t.add_argument(
         "--imaml-cg-damping",
         type=float,
         default=None,
-        help="added to lambda in iMAML's implicit-gradient system (I + H/(lambda + damping)) v = g (default 1000)",
+        help="added to lambda in iMAML's implicit-gradient system (I + H/(lambda + damping)) v = g "
+        f"(default {_default('imaml_cg_damping')})",
     )
     t.add_argument(
         "--imaml-inner-clip",
         type=float,
         default=None,
-        help="clip each iMAML inner gradient to this global norm (default 100; 0: off)",
+        help=f"clip each iMAML inner gradient to this global norm (default {_default('imaml_inner_clip')}; 0: off)",
     )
     t.add_argument(
         "--bn-mode",
@@ -160,16 +175,23 @@ def build_parser() -> argparse.ArgumentParser:
         "(default transductive; per_step for maml++)",
     )
     t.add_argument(
-        "--msl-epochs", type=int, default=None, help="maml++: epochs of the multi-step loss (default 20; 0: off)"
+        "--msl-epochs",
+        type=int,
+        default=None,
+        help=f"maml++: epochs of the multi-step loss (default {_default('msl_epochs')}; 0: off)",
     )
     t.add_argument(
         "--first-order-epochs",
         type=int,
         default=None,
-        help="maml++: epochs of first-order meta-gradients before second order (default 0)",
+        help="maml++: epochs of first-order meta-gradients before second order "
+        f"(default {_default('first_order_epochs')})",
     )
     t.add_argument(
-        "--epoch-steps", type=int, default=None, help="maml++: meta-steps per epoch of its schedules (default 500)"
+        "--epoch-steps",
+        type=int,
+        default=None,
+        help=f"maml++: meta-steps per epoch of its schedules (default {_default('epoch_steps')})",
     )
     t.add_argument(
         "--steps-per-call", type=int, default=None, help="meta-steps per dispatch (default: 100 for sinusoid)"
@@ -199,6 +221,18 @@ def build_parser() -> argparse.ArgumentParser:
     launch.add_arguments(t)
     t.add_argument("--overwrite", action="store_true", help="replace the run already in --out (its files only)")
     t.add_argument("--tensorboard", action="store_true", help="also write TensorBoard events to OUT/tensorboard")
+    t.add_argument(
+        "--wandb", action="store_true", help="also log to Weights & Biases, files in OUT/wandb (metajax[wandb])"
+    )
+    t.add_argument("--wandb-project", default=None, help="with --wandb: the W&B project (default metajax)")
+    t.add_argument("--wandb-name", default=None, help="with --wandb: the W&B run's name (default: --out)")
+    t.add_argument(
+        "--wandb-mode",
+        choices=WANDB_MODES,
+        default=None,
+        help="with --wandb: sync to the W&B server (online), keep the run on disk for wandb sync (offline), or "
+        "log nothing (disabled) (default: $WANDB_MODE, else online)",
+    )
     rl_app.add_arguments(t)
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
     t.add_argument(
@@ -221,6 +255,11 @@ def build_parser() -> argparse.ArgumentParser:
     for command in sub.choices.values():  # --debug also after the command; SUPPRESS keeps the global one's value
         command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     return parser
+
+
+def _default(name: str) -> str:
+    """A learner flag's default (the registry factory's) as its help shows it."""
+    return f"{LEARNER_DEFAULTS[name]:g}"
 
 
 def _network(args: argparse.Namespace, family: str):
@@ -258,16 +297,7 @@ def build_learner(args: argparse.Namespace, ways: int | None = None):
         inner_lr=args.inner_lr,
         inner_steps=args.inner_steps,
     )
-    options = dict(
-        prox=args.imaml_prox,
-        cg_steps=args.imaml_cg_steps,
-        cg_damping=args.imaml_cg_damping,
-        inner_clip=args.imaml_inner_clip,
-        contrastive=args.feat_contrastive,
-        msl_epochs=args.msl_epochs,
-        first_order_epochs=args.first_order_epochs,
-        epoch_steps=args.epoch_steps,
-    )
+    options = {option: getattr(args, name) for flags in LEARNER_OPTIONS.values() for name, option in flags.items()}
     return registry.build(args.algo, spec, **options)
 
 
@@ -298,24 +328,31 @@ def build_tasks(args: argparse.Namespace):
 
 # Flags that set only image tasks, only iMAML; their defaults once they are known to apply.
 IMAGE_FLAGS = ("ways", "train_ways", "data_root", "backbone", "filters", "bn_mode")
-# Flags of one learner's own options: refused with any other --algo.
-IMAML_FLAGS = ("imaml_prox", "imaml_cg_steps", "imaml_cg_damping", "imaml_inner_clip")
-MAMLPP_FLAGS = ("msl_epochs", "first_order_epochs", "epoch_steps")
-LEARNER_FLAGS = {"imaml": IMAML_FLAGS, "feat": ("feat_contrastive",), "maml++": MAMLPP_FLAGS}
+# Flags of one learner's own options (refused with any other --algo): flag -> the registry option it sets.
+LEARNER_OPTIONS = {
+    "imaml": {
+        "imaml_prox": "prox",
+        "imaml_cg_steps": "cg_steps",
+        "imaml_cg_damping": "cg_damping",
+        "imaml_inner_clip": "inner_clip",
+    },
+    "feat": {"feat_contrastive": "contrastive"},
+    "maml++": {"msl_epochs": "msl_epochs", "first_order_epochs": "first_order_epochs", "epoch_steps": "epoch_steps"},
+}
+LEARNER_FLAGS = {algo: tuple(flags) for algo, flags in LEARNER_OPTIONS.items()}
+# Their defaults are the registry factories' own, so the library and the command agree.
+LEARNER_DEFAULTS = {
+    name: registry.entry(algo).defaults[option]
+    for algo, flags in LEARNER_OPTIONS.items()
+    for name, option in flags.items()
+}
 DEFAULTS = {
     "ways": 5,
     "backbone": "conv4",
     "inner_steps": 1,
-    "imaml_prox": 1.0,
-    "imaml_cg_steps": 5,
-    "imaml_cg_damping": 1000.0,
-    "imaml_inner_clip": 100.0,
-    "feat_contrastive": 0.0,
     "bn_mode": "transductive",
     "meta_lr_schedule": "constant",
-    "msl_epochs": 20,
-    "first_order_epochs": 0,
-    "epoch_steps": 500,
+    **LEARNER_DEFAULTS,
 }
 # Where a learner's default differs from DEFAULTS: iMAML's implicit gradient is that of the
 # proximal problem's solution, which one inner step does not approach; MAML++ (Antoniou et al.
@@ -324,6 +361,11 @@ ALGO_DEFAULTS: dict[str, dict[str, object]] = {
     "imaml": {"inner_steps": 10},
     "maml++": {"meta_lr_schedule": "cosine", "bn_mode": "per_step"},
 }
+# What a run recorded before a learner's flag existed ran with, where that differs from the
+# flag's default: a record lacking the flag is evaluated (metajax eval) as it was trained.
+# iMAML ran Implicit(prox, cg_steps) undamped and without inner clipping until
+# --imaml-cg-damping and --imaml-inner-clip came (issue 17, 3a0d3ca).
+LEGACY_DEFAULTS: dict[str, dict[str, object]] = {"imaml": {"imaml_cg_damping": 0.0, "imaml_inner_clip": 0.0}}
 # Learners whose protocol tests with the inner steps they were trained with: Meta-SGD's step
 # sizes are learned for those steps, ANIL's head overshoots past them, iMAML trains on the
 # inner solution they reach, MAML++ learns a step size and batch-norm weights per step. The
@@ -370,8 +412,7 @@ def _check_args(args: argparse.Namespace) -> None:
     launch.join(args)
     if launch.is_primary(args):
         check_out(args.out, args.resume, args.overwrite)
-    if args.tensorboard:
-        require_tensorboard()
+    require_loggers(args)
 
 
 def _check_meta_lr_schedule(args: argparse.Namespace) -> None:
@@ -426,6 +467,8 @@ def _refuse_inapplicable(args: argparse.Namespace) -> None:
     for algo, names in LEARNER_FLAGS.items():
         if args.algo != algo and given(names):
             raise CommandError(f"{given(names)} applies to --algo {algo} only, not --algo {args.algo}.")
+    if not args.wandb and given(WANDB_FLAGS):
+        raise CommandError(f"{given(WANDB_FLAGS)} sets the Weights & Biases run of --wandb; pass --wandb too.")
     if args.workers is not None and not args.host_pipeline:
         raise CommandError(f"--workers {args.workers} sets the threads of --host-pipeline; pass --host-pipeline too.")
     if args.host_pipeline and (args.task == "sinusoid" or args.task in rl_app.TASKS):
@@ -529,8 +572,8 @@ def _evaluate(run: _Run, params, key, num_tasks: int) -> dict:
 # meta-batch) define what is learned and are refused.
 RESUMABLE = (
     "out", "steps", "time_limit", "no_progress", "log_every", "checkpoint_every",
-    "tensorboard", "steps_per_call", "task_batching", "eval_tasks", "eval_steps", "test_query", "data_root",
-    "config", "workers", *launch.RESUMABLE,
+    "tensorboard", "wandb", *WANDB_FLAGS, "steps_per_call", "task_batching", "eval_tasks", "eval_steps",
+    "test_query", "data_root", "config", "workers", *launch.RESUMABLE,
 )  # fmt: skip
 
 
@@ -557,6 +600,7 @@ def train_command(args: argparse.Namespace) -> dict:
     primary, mesh = launch.is_primary(args), launch.mesh(args)
     if primary:
         claim(args.out, args.overwrite)  # the first change to the folder
+    log_file = JsonLines(args.out / "log.jsonl", log, scalar_writers(args, config)) if primary else None
     checkpoint_every = args.checkpoint_every
     if checkpoint_every is None:
         checkpoint_every = 10000 if args.task == "sinusoid" else 500
@@ -565,11 +609,6 @@ def train_command(args: argparse.Namespace) -> dict:
         from metajax.checkpoint import Checkpointer
 
         checkpointer = Checkpointer(args.out / "checkpoints", every=checkpoint_every)
-    log_file = (
-        JsonLines(args.out / "log.jsonl", log, tensorboard=args.out / "tensorboard" if args.tensorboard else None)
-        if primary
-        else None
-    )
     start_step, t0 = int(state.step), time.perf_counter()
     history: list[dict] = []
     try:
@@ -704,7 +743,11 @@ def restore_run(run_dir: Path, step: int | None = None, overrides: dict | None =
         for name, value in record.items():
             if hasattr(train_args, name):
                 setattr(train_args, name, Path(value) if name in ("out", "data_root", "resume") and value else value)
-        _fill_defaults(train_args)  # a record holds every setting; older ones may lack newer flags
+        # A record holds every setting of its time; a flag added since takes the value the run had then.
+        for name, value in LEGACY_DEFAULTS.get(train_args.algo, {}).items():
+            if name not in record:
+                setattr(train_args, name, value)
+        _fill_defaults(train_args)
         for name, value in (overrides or {}).items():
             if value is not None:
                 setattr(train_args, name, value)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import platform
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from metajax._io import append_json_line, dumps, read_json_lines, write_atomic, write_json_atomic
 from metajax.app.errors import CommandError, flag
@@ -16,7 +18,7 @@ from metajax.checkpoint import Checkpointer, CheckpointMismatchError, differing_
 __all__ = ["write_json_atomic", "read_json_lines"]  # re-exported from metajax._io for the commands
 
 # What a run writes into its folder; --overwrite removes these and nothing else.
-RUN_FILES = ("metrics.json", "log.jsonl", "eval.json", "checkpoints", "tensorboard")
+RUN_FILES = ("metrics.json", "log.jsonl", "eval.json", "checkpoints", "tensorboard", "wandb")
 RUN_FIGURES = ("training_curve.png", "adaptation.png", "adaptation_eval.png", "R_*.png")
 _MARKERS = ("metrics.json", "log.jsonl", "checkpoints")  # a folder holding one of these holds a run
 
@@ -93,14 +95,6 @@ def refuse_other_settings(run_dir: Path, earlier: dict, now: dict, allowed: tupl
     return differ
 
 
-def require_tensorboard() -> None:
-    """Refuse ``--tensorboard`` when tensorboardX is missing (before the run folder is touched)."""
-    try:
-        import tensorboardX  # noqa: F401
-    except ImportError as error:
-        raise CommandError('--tensorboard needs tensorboardX: pip install "metajax[tensorboard]".') from error
-
-
 def resume_or_exit(
     directory: Path,
     like: Any,
@@ -125,34 +119,106 @@ def resume_or_exit(
         checkpointer.close()
 
 
+# The optional loggers of metajax train: flag -> (the package it needs, the extra installing it).
+LOGGERS = {"tensorboard": ("tensorboardX", "tensorboard"), "wandb": ("wandb", "wandb")}
+
+
+def require_logger(name: str) -> Any:
+    """The package of the logger ``name`` (:data:`LOGGERS`); refused, naming its extra, when it is missing."""
+    module, extra = LOGGERS[name]
+    try:
+        return importlib.import_module(module)
+    except ImportError as error:
+        raise CommandError(f'{flag(name)} needs {module}: pip install "metajax[{extra}]".') from error
+
+
+def require_loggers(args) -> None:
+    """Refuse ``--tensorboard`` / ``--wandb`` when its package is missing (before the run folder is touched)."""
+    for name in LOGGERS:
+        if getattr(args, name):
+            require_logger(name)
+
+
+def scalar_writers(args, config: dict) -> list[ScalarWriter]:
+    """The writers ``--wandb`` and ``--tensorboard`` ask for, into ``args.out`` (W&B first: it may fail)."""
+    writers: list[ScalarWriter] = []
+    if args.wandb:
+        name = args.wandb_name or str(args.out)
+        writers.append(WandB(args.out, config, args.wandb_project or "metajax", name, args.wandb_mode))
+    if args.tensorboard:
+        writers.append(TensorBoard(args.out / "tensorboard"))
+    return writers
+
+
+class ScalarWriter(Protocol):
+    """Where the logged numbers also go (TensorBoard, Weights & Biases): ``{tag: value}`` at a meta-step."""
+
+    def write(self, scalars: dict[str, float], step: int) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class TensorBoard:
+    """A :class:`ScalarWriter` of TensorBoard event files in ``folder`` (tensorboardX, the ``tensorboard`` extra)."""
+
+    def __init__(self, folder: Path):
+        self._writer = require_logger("tensorboard").SummaryWriter(str(folder))
+
+    def write(self, scalars: dict[str, float], step: int) -> None:
+        """Add each scalar at ``step`` and flush."""
+        for tag, value in scalars.items():
+            self._writer.add_scalar(tag, value, step)
+        self._writer.flush()
+
+    def close(self) -> None:
+        """Close the event file."""
+        self._writer.close()
+
+
+class WandB:
+    """A :class:`ScalarWriter` of one Weights & Biases run (``wandb``, the ``wandb`` extra).
+
+    Its files go to ``folder/wandb``; ``config`` (the run's settings) is the W&B run's config;
+    ``mode`` is ``online``, ``offline`` or ``disabled`` (``None``: wandb's own, ``$WANDB_MODE``).
+    """
+
+    def __init__(self, folder: Path, config: dict, project: str, name: str, mode: str | None):
+        wandb = require_logger("wandb")
+        try:
+            self._run = wandb.init(project=project, name=name, mode=mode, dir=str(folder), config=config)
+        except wandb.errors.Error as error:  # not logged in, no network, a bad project: before the log is written
+            raise CommandError(f"--wandb: wandb.init(project={project!r}, mode={mode!r}) failed: {error}") from error
+
+    def write(self, scalars: dict[str, float], step: int) -> None:
+        """Log the scalars as the W&B run's history at ``step``."""
+        self._run.log(scalars, step=step)
+
+    def close(self) -> None:
+        """Finish the W&B run (an offline one is then complete on disk, for ``wandb sync``)."""
+        self._run.finish()
+
+
 class JsonLines:
     """``log.jsonl``: one strict JSON object per logged interval, starting from ``entries`` (a resumed run's).
 
-    Every line is flushed and fsynced. With ``tensorboard`` (a folder), every entry's
-    numbers are also TensorBoard scalars (through ``tensorboardX``, the ``tensorboard`` extra).
+    Every line is flushed and fsynced. Every entry's numbers (but its ``step``) are also
+    written as ``train/<name>`` scalars at that step to each of ``writers``.
     """
 
-    def __init__(self, path: Path, entries: list[dict], tensorboard: Path | None = None):
+    def __init__(self, path: Path, entries: list[dict], writers: Sequence[ScalarWriter] = ()):
         self.path = path
-        self.writer = None
-        if tensorboard is not None:
-            require_tensorboard()
-            from tensorboardX import SummaryWriter
-
-            self.writer = SummaryWriter(str(tensorboard))
+        self.writers = tuple(writers)
         text = "".join(dumps(e) + "\n" for e in entries)
         write_atomic(path, lambda f: f.write(text.encode()))
 
     def append(self, entry: dict) -> None:
-        """Append ``entry`` as one line (and as TensorBoard scalars)."""
+        """Append ``entry`` as one line (and as scalars to the writers)."""
         append_json_line(self.path, entry)
-        if self.writer is not None:
-            for name, value in entry.items():
-                if name != "step" and isinstance(value, int | float):
-                    self.writer.add_scalar(f"train/{name}", value, entry["step"])
-            self.writer.flush()
+        scalars = {f"train/{k}": v for k, v in entry.items() if k != "step" and isinstance(v, int | float)}
+        for writer in self.writers:
+            writer.write(scalars, entry["step"])
 
     def close(self) -> None:
-        """Close the TensorBoard writer, if any."""
-        if self.writer is not None:
-            self.writer.close()
+        """Close the writers."""
+        for writer in self.writers:
+            writer.close()

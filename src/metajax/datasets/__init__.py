@@ -5,10 +5,11 @@ those of unequal sizes (CUB, tieredImageNet, your own folders) as ``RaggedImageC
 (``[total, H, W, C]`` with per-class ``counts``); :func:`metajax.tasks.from_images` turns
 either into a task distribution. Data lives under ``root`` (an argument), else
 ``$METAJAX_DATA``, else ``~/.cache/metajax``; decoded arrays are cached under
-``cache_dir``, else ``$METAJAX_CACHE``, else ``~/.cache/metajax/cache``.
+``cache_dir``, else ``$METAJAX_CACHE``, else ``~/.cache/metajax/cache``, in a folder per data
+root (:func:`cache_folder`).
 """
 
-from metajax.datasets._files import ImageClasses, RaggedImageClasses, cache_root, data_root
+from metajax.datasets._files import ImageClasses, RaggedImageClasses, cache_folder, cache_root, data_root
 from metajax.datasets.cifar import CIFAR_FS_CLASSES, FC100_SUPERCLASSES, load_cifar_fs, load_fc100
 from metajax.datasets.cub import load_cub
 from metajax.datasets.fashion_mnist import load_fashion_mnist
@@ -24,6 +25,7 @@ __all__ = [
     "RaggedImageClasses",
     "data_root",
     "cache_root",
+    "cache_folder",
     "load_omniglot",
     "load_miniimagenet",
     "load_tiered_imagenet",

@@ -89,6 +89,17 @@ def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
     return Path(cache_dir).expanduser()
 
 
+def cache_folder(cache_dir: str | os.PathLike | None, dataset: str, root: Path) -> Path:
+    """Where ``dataset``'s arrays decoded from the data folder ``root`` are cached.
+
+    ``cache_root(cache_dir) / dataset / KEY``, ``KEY`` the first 16 hex digits of the SHA-256
+    of the resolved ``root``: two data folders never share a cache (one folder reached
+    through a link does), so one process may load several.
+    """
+    key = hashlib.sha256(str(Path(root).resolve()).encode()).hexdigest()[:16]
+    return cache_root(cache_dir) / dataset / key
+
+
 def find_file(name: str, folders: list[Path]) -> Path | None:
     """The first ``folder / name`` that exists, or ``None``."""
     for folder in folders:

@@ -34,7 +34,7 @@ from metajax._checks import check_choice, check_positive, check_positive_int
 from metajax.datasets._files import (
     KnownFile,
     RaggedImageClasses,
-    cache_root,
+    cache_folder,
     cached,
     data_root,
     decode_image,
@@ -92,7 +92,7 @@ def load_cub(
     check_positive_int("image_size", image_size)
     check_positive("timeout", timeout)
     root = data_root(root)
-    cache_file = cache_root(cache_dir) / "cub" / f"{split}_{image_size}px.npz"
+    cache_file = cache_folder(cache_dir, "cub", root) / f"{split}_{image_size}px.npz"
     return cached(cache_file, lambda: _decode(_folder(root, download, timeout), split, image_size))
 
 

@@ -30,7 +30,7 @@ from metajax._checks import check_choice, check_positive_int
 from metajax.datasets._files import (
     UNREADABLE,
     ImageClasses,
-    cache_root,
+    cache_folder,
     cached,
     damaged,
     data_root,
@@ -85,8 +85,9 @@ def load_miniimagenet(
     """
     check_choice("split", split, SPLITS)
     check_positive_int("image_size", image_size)
-    folders = [data_root(root) / "miniimagenet", data_root(root)]
-    cache_file = cache_root(cache_dir) / "miniimagenet" / f"{split}_{image_size}px.npz"
+    root = data_root(root)
+    folders = [root / "miniimagenet", root]
+    cache_file = cache_folder(cache_dir, "miniimagenet", root) / f"{split}_{image_size}px.npz"
     path = find_file(f"mini-imagenet-cache-{split}.pkl", folders) or find_file(
         f"mini-imagenet-cache-{split}.npz", folders
     )

@@ -27,7 +27,7 @@ from metajax._checks import check_choice, check_positive, check_positive_int
 from metajax.datasets._files import (
     ImageClasses,
     KnownFile,
-    cache_root,
+    cache_folder,
     cached,
     data_root,
     decode_image,
@@ -107,7 +107,8 @@ def load_omniglot(
     if image_size is not None:
         check_positive_int("image_size", image_size)
     check_positive("timeout", timeout)
-    root, cache = data_root(root), cache_root(cache_dir) / "omniglot"
+    root = data_root(root)
+    cache = cache_folder(cache_dir, "omniglot", root)
     if split in _KNOWN:
         return _load_set(split, root, cache, image_size, download, timeout)
     lines = _read_split(split.removeprefix("vinyals-"), root)

@@ -35,7 +35,7 @@ from metajax._checks import check_choice, check_positive_int
 from metajax.datasets._files import (
     UNREADABLE,
     RaggedImageClasses,
-    cache_root,
+    cache_folder,
     cached,
     damaged,
     data_root,
@@ -104,7 +104,7 @@ def load_tiered_imagenet(
             f"{folders[0]}, or pass root= (--data-root of metajax train) / set $METAJAX_DATA."
         )
     labels, names = _read_labels(labels_path, split)
-    cache_file = cache_root(cache_dir) / "tiered_imagenet" / f"{split}_{image_size}px.npz"
+    cache_file = cache_folder(cache_dir, "tiered_imagenet", root) / f"{split}_{image_size}px.npz"
     if npz is not None:
         npz_path = npz
 
