@@ -24,6 +24,8 @@ def test_mamlpp_builds_lslr_msl_and_per_step_batch_norm_and_records_the_mode():
     assert settings(args)["bn_mode"] == "per_step" and settings(args)["meta_lr_schedule"] == "cosine"
     plain = cli.build_learner(_args("--algo", "maml", "--task", "omniglot", "--bn-mode", "support"), ways=5)
     assert (plain.model.bn, plain.model.bn_steps, plain.learned_rates) == ("support", 1, False)
+    running = _args("--algo", "fomaml", "--task", "omniglot", "--bn-mode", "running")
+    assert cli.build_learner(running, ways=5).model.bn == "running" and settings(running)["bn_mode"] == "running"
     assert _args("--algo", "maml", "--task", "omniglot").bn_mode == "transductive"
     assert _args("--algo", "maml++").bn_mode is None  # sinusoid's MLP has no batch norm
 
@@ -33,7 +35,7 @@ def test_mamlpp_builds_lslr_msl_and_per_step_batch_norm_and_records_the_mode():
     [
         (
             ["--task", "omniglot", "--algo", "protonet", "--bn-mode", "support"],
-            "--bn-mode support needs a learner that gives the backbone its support set and inner step",
+            "--bn-mode support needs a learner that gives the backbone its support set, inner step or running",
         ),
         (
             ["--task", "omniglot", "--algo", "imaml", "--bn-mode", "per_step"],
