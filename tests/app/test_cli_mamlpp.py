@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+
+import numpy as np
 import pytest
 
 from metajax.app import cli
@@ -59,3 +62,20 @@ def test_bad_mamlpp_and_bn_flags_are_one_line(argv, message, capsys):
     assert info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0], err
+
+
+def test_running_bn_mode_is_recorded_checkpointed_and_evaluated(tmp_path, monkeypatch, data_root, omniglot_cache):
+    monkeypatch.setenv("METAJAX_CACHE", str(omniglot_cache))
+    out = tmp_path / "running"
+    argv = ["train", "--algo", "fomaml", "--task", "omniglot", "--data-root", str(data_root), "--bn-mode", "running",
+            "--ways", "2", "--shots", "1", "--query", "1", "--test-query", "2", "--filters", "2", "--meta-batch", "2",
+            "--steps", "2", "--checkpoint-every", "1", "--eval-tasks", "4", "--eval-steps", "1", "--out", str(out),
+            "--no-progress"]  # fmt: skip
+    assert cli.main(argv) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["config"]["bn_mode"] == "running"
+    state = cli.restore_run(out)[3]
+    assert np.abs(state.model_state["batch_stats"]["BatchStatNorm_0"]["mean"]).max() > 0
+    assert cli.main(["eval", str(out), "--eval-tasks", "4"]) == 0
+    evaluated = json.loads((out / "eval.json").read_text())["eval"]["accuracy"]["mean"]
+    np.testing.assert_allclose(evaluated, metrics["eval"]["accuracy"]["mean"], rtol=1e-6)
