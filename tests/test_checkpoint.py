@@ -84,6 +84,23 @@ def test_killed_run_resumes_to_the_same_parameters(tmp_path):
     assert [json.loads(line)["step"] for line in log] == list(range(100, 2001, 100))
 
 
+def test_a_checkpoint_written_before_the_model_state_field_restores(tmp_path):
+    from flax import struct
+
+    class OldState(struct.PyTreeNode):  # TrainState as it was, without model_state
+        step: jax.Array
+        params: dict
+        opt_state: tuple
+        key: jax.Array
+
+    state = _state(step=4)
+    checkpointer = Checkpointer(tmp_path, every=1)
+    checkpointer.save(OldState(state.step, state.params, state.opt_state, state.key))
+    restored, _ = checkpointer.restore(_state())
+    assert int(restored.step) == 4 and restored.model_state == {}
+    jax.tree.map(np.testing.assert_array_equal, restored.params, state.params)
+
+
 def test_mismatched_checkpoint_is_named(tmp_path):
     checkpointer = Checkpointer(tmp_path, every=1)
     checkpointer.save(_state(hidden=8, step=3))

@@ -35,6 +35,20 @@ def test_one_device_mesh_equals_the_plain_step():
     np.testing.assert_allclose(m1["loss"], m2["loss"], rtol=1e-5)
 
 
+def test_one_device_mesh_carries_the_running_statistics_as_the_plain_step():
+    images = np.random.default_rng(0).integers(0, 256, (5, 6, 8, 8, 1), dtype=np.uint8)
+    task = tasks.FewShot(jax.numpy.asarray(images), ways=2, shots=1, queries=1)
+    learner = metajax.MAML(models.Conv4(filters=2, out=2, bn="running"), inner_lr=0.1)
+    opt = optax.sgd(0.1)  # not Adam: the conv biases before batch norm have zero gradient, up to rounding
+    state = metajax.init_state(learner, task, opt, jax.random.key(0))
+    mesh = distributed.task_mesh(jax.devices()[:1])
+    copy = jax.tree.map(lambda a: a.copy(), state)
+    s1, _ = metajax.make_train_step(learner, task, opt, 2, task_batching="vmap")(state)
+    s2, _ = metajax.make_train_step(learner, task, opt, 2, task_batching="vmap", mesh=mesh)(copy)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), s1, s2)
+    assert np.abs(s2.model_state["batch_stats"]["BatchStatNorm_0"]["mean"]).max() > 0
+
+
 def test_meta_batch_must_divide_over_devices():
     learner, task, opt = _setup()
     mesh = distributed.task_mesh(jax.devices()[:1] * 1)

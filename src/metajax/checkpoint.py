@@ -1,14 +1,15 @@
 """Atomic, resumable checkpoints of a run's :class:`~metajax.training.TrainState` (orbax).
 
 A checkpoint holds everything the next meta-step depends on (meta-parameters, optimizer
-state, PRNG key, step) plus a small JSON record (the run's config) and, for a run fed by a
-host pipeline, the pipeline's position (its Grain iterator state), written in the same
-step folder so params and position are saved together or not at all. orbax writes each
-checkpoint to a temporary folder (``<step>.orbax-checkpoint-tmp``) and renames it when
-complete, so a run killed at any moment, or interrupted during a save, leaves the previous
-checkpoints intact and no half-written step among :meth:`Checkpointer.steps`; the next
-save removes such leftovers. The newest ``keep`` are kept. A checkpoint that cannot be read
-(a corrupt array file or record) is skipped, with a warning, for the next older one.
+state, PRNG key, step, model state such as running batch-norm statistics) plus a small
+JSON record (the run's config) and, for a run fed by a host pipeline, the pipeline's
+position (its Grain iterator state), written in the same step folder so params and
+position are saved together or not at all. orbax writes each checkpoint to a temporary
+folder (``<step>.orbax-checkpoint-tmp``) and renames it when complete, so a run killed at
+any moment, or interrupted during a save, leaves the previous checkpoints intact and no
+half-written step among :meth:`Checkpointer.steps`; the next save removes such leftovers.
+The newest ``keep`` are kept. A checkpoint that cannot be read (a corrupt array file or
+record) is skipped, with a warning, for the next older one.
 """
 
 from __future__ import annotations
@@ -196,14 +197,21 @@ class Checkpointer:
         )
 
     def _restore(self, like: Any, step: int) -> Any:
-        """The state of checkpoint ``step``, after checking its arrays against ``like``'s."""
+        """The state of checkpoint ``step``, after checking its arrays against ``like``'s.
+
+        The arrays are read into the checkpoint's own tree and put back where ``like`` has
+        them, by name, so subtrees without arrays need not match: a ``like`` with a field
+        that holds none (``TrainState.model_state={}``) reads a checkpoint written before it.
+        """
         expected = jax.tree_util.tree_flatten_with_path(like)[0]
         metadata = self._manager.item_metadata(step)["state"]
         found = jax.tree_util.tree_flatten_with_path(metadata)[0]
         _check_same_arrays(expected, found, self.directory / str(step))
-        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
-        restored = self._manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))
-        return restored["state"]
+        abstract = {_path_name(path): ocp.utils.to_shape_dtype_struct(leaf) for path, leaf in expected}
+        target = jax.tree_util.tree_map_with_path(lambda path, _: abstract[_path_name(path)], metadata)
+        restored = self._manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))
+        by_name = {_path_name(path): leaf for path, leaf in jax.tree_util.tree_flatten_with_path(restored["state"])[0]}
+        return jax.tree.unflatten(jax.tree.structure(like), [by_name[_path_name(path)] for path, _ in expected])
 
     def record(self, step: int) -> dict:
         """The JSON record saved with the checkpoint at ``step`` (the run's config).
@@ -293,10 +301,15 @@ def _key_name(key) -> str:
     return str(key)
 
 
+def _path_name(path) -> str:
+    """A leaf's path as ``"a/b/0"``: orbax's metadata turns dataclasses and named tuples into dicts, so
+    leaves are matched by key names."""
+    return "/".join(_key_name(k) for k in path)
+
+
 def _check_same_arrays(expected, found, where: Path) -> None:
-    # orbax's metadata turns dataclasses and named tuples into dicts, so compare by key names.
     def describe(leaves):
-        return {"/".join(_key_name(k) for k in path): tuple(np.shape(leaf)) for path, leaf in leaves}
+        return {_path_name(path): tuple(np.shape(leaf)) for path, leaf in leaves}
 
     want, have = describe(expected), describe(found)
     if want.keys() != have.keys():

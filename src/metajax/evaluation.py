@@ -11,7 +11,7 @@ import numpy as np
 from metajax._checks import check_positive_int
 from metajax._tree import partition
 from metajax.episode import validate_episode
-from metajax.learner import Learner, check_conforms
+from metajax.learner import Learner, Stateful, check_conforms
 from metajax.tasks.base import TaskDistribution
 from metajax.training import resolve_task_batching
 
@@ -26,6 +26,7 @@ def evaluate(
     num_steps: int | None = None,
     batch_size: int = 100,
     task_batching: str | None = None,
+    model_state: Any = None,
 ) -> dict[str, Any]:
     """Adapt to ``num_tasks`` new tasks and summarise the query metrics.
 
@@ -43,6 +44,9 @@ def evaluate(
         batch_size: tasks per compiled batch.
         task_batching: ``"vmap"``, ``"map"`` (one task at a time), or ``None`` for the
             per-backend choice of :func:`~metajax.training.resolve_task_batching`.
+        model_state: a :class:`~metajax.learner.Stateful` learner's state from meta-training
+            (``TrainState.model_state``, e.g. the running batch-norm statistics that
+            normalise every input with ``bn="running"``); ``None`` or ``{}``: none.
 
     Returns:
         ``{"num_tasks": n, "num_steps": s, metric: {"mean": [...], "ci95": [...]}}``: one
@@ -60,6 +64,13 @@ def evaluate(
             f"learner ways={learner_ways} cannot classify the task's labels 0..{task_ways - 1} "
             f"(task ways={task_ways}); build the test learner with the test task's ways."
         )
+    if model_state and not isinstance(learner, Stateful):
+        raise TypeError(
+            f"model_state holds arrays; {type(learner).__name__} keeps no state (metajax.learner.Stateful), "
+            "pass model_state=None."
+        )
+    # Only a learner with state is handed one, so every other learner's evaluate keeps its signature.
+    extra = {"model_state": model_state} if model_state else {}
     task_batching = resolve_task_batching(learner, task, task_batching)
     if num_steps is not None:
         check_positive_int("num_steps", num_steps, allow_zero=True)
@@ -68,17 +79,21 @@ def evaluate(
     task_arrays, rebuild_task = partition(task)
 
     @jax.jit
-    def run(params, key, task_arrays):
+    def run(params, extra, key, task_arrays):
         k_tasks, k_learn = jax.random.split(key)
         episodes = rebuild_task(task_arrays).sample(k_tasks, batch_size)
         keys = jax.random.split(k_learn, batch_size)
+
+        def one(episode, k):
+            return learner.evaluate(params, episode, k, num_steps, **extra)
+
         if task_batching == "vmap":
-            return jax.vmap(learner.evaluate, in_axes=(None, 0, 0, None))(params, episodes, keys, num_steps)
-        return jax.lax.map(lambda ek: learner.evaluate(params, *ek, num_steps), (episodes, keys))
+            return jax.vmap(one)(episodes, keys)
+        return jax.lax.map(lambda ek: one(*ek), (episodes, keys))
 
     chunks = []
     for k in jax.random.split(key, math.ceil(num_tasks / batch_size)):
-        chunks.append(jax.device_get(run(params, k, task_arrays)))
+        chunks.append(jax.device_get(run(params, extra, k, task_arrays)))
     per_task = jax.tree.map(lambda *xs: np.concatenate(xs)[:num_tasks], *chunks)
     summary: dict[str, Any] = {"num_tasks": num_tasks}
     for name, values in per_task.items():

@@ -14,7 +14,8 @@ functions, not a base class):
   instead of differentiating the mean ``loss`` for one update.
 
 A meta-objective that follows the meta-step (MAML++) also has ``loss_at``
-(:class:`StepDependent`).
+(:class:`StepDependent`); one with state updated without gradients (running batch-norm
+statistics) has ``init_model_state`` and ``loss_and_state`` (:class:`Stateful`).
 
 The registry maps a learner's name to a factory ``factory(spec, **options)`` that builds it
 for a task kind and a network family (:class:`Spec`). The command line, the benchmark and
@@ -76,6 +77,32 @@ class StepDependent(Protocol):
 
     def loss_at(self, params: Params, episode: Episode, key: jax.Array, step: jax.Array) -> tuple[jax.Array, Metrics]:
         """``loss`` at meta-step ``step`` (an int32 scalar, 0 for the first meta-step)."""
+        ...
+
+
+@runtime_checkable
+class Stateful(Protocol):
+    """A meta-objective with state that meta-training updates without gradients (running batch-norm statistics).
+
+    :func:`metajax.train` keeps the state in ``TrainState.model_state`` (checkpointed with
+    the parameters) and calls ``loss_and_state`` in place of ``loss`` / ``loss_at``; the
+    tasks' new states are averaged over the meta-batch (and over devices) into the next
+    state, which is exact for an update affine in each task's statistics (a moving average).
+    :func:`metajax.evaluate` passes the state to ``evaluate(..., model_state=...)``. A
+    configuration that keeps no state has ``init_model_state`` return ``{}`` and carries nothing.
+    """
+
+    def init_model_state(self, key: jax.Array, episode: Episode) -> Any:
+        """The initial state (``{}`` when none), shaped by one unbatched episode."""
+        ...
+
+    def loss_and_state(
+        self, params: Params, model_state: Any, episode: Episode, key: jax.Array, step: jax.Array | None = None
+    ) -> tuple[jax.Array, tuple[Metrics, Any]]:
+        """``(loss, (metrics, new model_state))`` on ONE task; ``step`` as ``loss_at``'s (``None``: ``loss``'s).
+
+        The new state carries no gradient to ``params``.
+        """
         ...
 
 

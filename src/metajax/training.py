@@ -27,7 +27,7 @@ from metajax._checks import check_choice, check_positive, check_positive_int
 from metajax._tree import is_array, partition
 from metajax.distributed import TASK_AXIS, replicate
 from metajax.episode import Episode, validate_episode
-from metajax.learner import MetaObjective, MetaUpdater, StepDependent, check_conforms
+from metajax.learner import MetaObjective, MetaUpdater, Stateful, StepDependent, check_conforms
 from metajax.tasks.base import EpisodeFeed, TaskDistribution
 
 if TYPE_CHECKING:  # orbax is imported only by runs that checkpoint
@@ -99,19 +99,23 @@ def resolve_divergence(divergence: Divergence | float | None) -> Divergence | No
 
 
 class TrainState(struct.PyTreeNode):
-    """Everything a run needs to continue: meta-parameters, optimizer state, PRNG key, step.
+    """Everything a run needs to continue: meta-parameters, optimizer state, PRNG key, step, model state.
 
     Attributes:
         step: number of meta-steps taken, int32 scalar.
         params: the learner's meta-parameters.
         opt_state: the Optax optimizer state.
         key: raw PRNG key (``uint32[2]``) from which the next meta-step draws.
+        model_state: what meta-training updates without gradients, e.g. running batch-norm
+            statistics ``{"batch_stats": ...}`` of a :class:`~metajax.learner.Stateful`
+            learner; ``{}`` (no arrays) for every other learner.
     """
 
     step: jax.Array
     params: Any
     opt_state: Any
     key: jax.Array
+    model_state: Any = struct.field(default_factory=dict)
 
 
 def first_episode(task: TaskDistribution | EpisodeFeed, key: jax.Array) -> Episode:
@@ -126,7 +130,7 @@ def init_state(
     optimizer: optax.GradientTransformation,
     key: jax.Array,
 ) -> TrainState:
-    """Initial meta-parameters and optimizer state.
+    """Initial meta-parameters, optimizer state and (of a :class:`~metajax.learner.Stateful` learner) model state.
 
     The learner is checked against the :class:`~metajax.learner.MetaObjective` protocol
     and the task's first episode with :func:`~metajax.episode.validate_episode`, once,
@@ -144,7 +148,8 @@ def init_state(
     episode = first_episode(task, k_episode)
     validate_episode(episode, batched=False, name="the task's episode")
     params = learner.init(k_init, episode)
-    return TrainState(jnp.zeros((), jnp.int32), params, optimizer.init(params), _raw_key(k_run))
+    model_state = learner.init_model_state(k_init, episode) if isinstance(learner, Stateful) else {}
+    return TrainState(jnp.zeros((), jnp.int32), params, optimizer.init(params), _raw_key(k_run), model_state)
 
 
 def _raw_key(key: jax.Array) -> jax.Array:
@@ -183,13 +188,23 @@ def resolve_task_batching(
     return "map" if per_task_conv and jax.default_backend() == "cpu" else "vmap"
 
 
-def task_loss(learner: MetaObjective, step: jax.Array | None = None) -> Callable:
+def task_loss(learner: MetaObjective, step: jax.Array | None = None, model_state: Any = None) -> Callable:
     """``(params, episode, key) -> (loss, metrics)`` of one task at meta-step ``step``.
 
     A learner whose objective follows the meta-step (:class:`~metajax.learner.StepDependent`,
     e.g. MAML++'s annealed schedules) is given ``step`` (a traced int32 scalar); otherwise,
-    or with ``step=None``, this is ``learner.loss``.
+    or with ``step=None``, this is ``learner.loss``. With a ``model_state`` (of a
+    :class:`~metajax.learner.Stateful` learner) it is ``learner.loss_and_state`` on that
+    state, whose auxiliary output is ``(metrics, new model_state)``.
     """
+    if model_state is not None:
+        if not isinstance(learner, Stateful):
+            raise TypeError(
+                f"model_state is given, but {type(learner).__name__} keeps no state "
+                "(metajax.learner.Stateful: init_model_state, loss_and_state); pass model_state=None."
+            )
+        with_state = learner.loss_and_state
+        return lambda params, episode, key: with_state(params, model_state, episode, key, step)
     if step is not None and isinstance(learner, StepDependent):
         return functools.partial(learner.loss_at, step=step)
     return learner.loss
@@ -202,21 +217,24 @@ def batch_value_and_grad(
     keys: jax.Array,
     task_batching: str = "vmap",
     step: jax.Array | None = None,
-) -> tuple[tuple[jax.Array, dict], Any]:
+    model_state: Any = None,
+) -> tuple[tuple[jax.Array, Any], Any]:
     """``((mean loss, mean metrics), gradient of the mean loss)`` over a batch of tasks.
 
     ``"vmap"`` differentiates the mean of the vmapped ``learner.loss``. ``"map"`` runs one
     task at a time (a ``lax.scan``) and differentiates inside it, accumulating the sum of
     the per-task gradients, as a PyTorch loop over tasks does: the backward pass needs only
     one task's activations at a time, instead of the residuals of every task that the
-    gradient of a ``lax.map`` keeps. ``step`` is the meta-step, for :func:`task_loss`.
+    gradient of a ``lax.map`` keeps. ``step`` is the meta-step and ``model_state`` a
+    :class:`~metajax.learner.Stateful` learner's state, for :func:`task_loss`; with a
+    state, the mean metrics are ``(mean metrics, mean of the tasks' new states)``.
     """
-    loss = task_loss(learner, step)
+    loss = task_loss(learner, step, model_state)
     if task_batching == "vmap":
 
         def batch_loss(params):
-            losses, metrics = jax.vmap(loss, in_axes=(None, 0, 0))(params, episodes, keys)
-            return jnp.mean(losses), jax.tree.map(jnp.mean, metrics)
+            losses, aux = jax.vmap(loss, in_axes=(None, 0, 0))(params, episodes, keys)
+            return jnp.mean(losses), jax.tree.map(lambda a: jnp.mean(a, axis=0), aux)
 
         return jax.value_and_grad(batch_loss, has_aux=True)(params)
     one = jax.value_and_grad(loss, has_aux=True)
@@ -251,16 +269,19 @@ def meta_step(
     ``lax.map`` with ``task_batching="map"``), averages, differentiates and applies one
     ``optimizer`` update; a :class:`~metajax.learner.MetaUpdater` makes the update itself
     from the episodes. ``metrics`` holds the mean ``loss`` and the mean of every metric the
-    learner returns.
+    learner returns. A :class:`~metajax.learner.Stateful` learner's ``model_state`` becomes
+    the mean of the tasks' new states (``loss_and_state``).
 
     With a ``mesh``, the tasks are split over its ``axis_name`` devices: each device
     evaluates ``meta_batch / devices`` of the same episodes the single-device step draws,
-    and the mean loss, metrics and gradient are averaged over devices (``lax.pmean``)
-    before the update, which every device applies to its replica of the parameters.
+    and the mean loss, metrics, new model state and gradient are averaged over devices
+    (``lax.pmean``) before the update, which every device applies to its replica of the
+    parameters.
     """
     check_positive_int("meta_batch", meta_batch)
     check_choice("task_batching", task_batching, TASK_BATCHING)
     updater = learner if isinstance(learner, MetaUpdater) else None
+    stateful = isinstance(learner, Stateful)
     if updater is not None and (mesh is not None or task_batching != "vmap"):
         raise ValueError(
             f"{type(learner).__name__} makes its own meta-update, with its tasks vmapped on one device: it takes "
@@ -268,8 +289,8 @@ def meta_step(
         )
     if mesh is None:
 
-        def value_and_grad(params, episodes, keys, step):
-            return batch_value_and_grad(learner, params, episodes, keys, task_batching, step)
+        def value_and_grad(params, model_state, episodes, keys, step):
+            return batch_value_and_grad(learner, params, episodes, keys, task_batching, step, model_state)
 
     else:
         value_and_grad = _sharded_value_and_grad(learner, meta_batch, mesh, task_batching, axis_name)
@@ -285,11 +306,16 @@ def meta_step(
             params, opt_state, loss, metrics = updater.meta_update(
                 state.params, state.opt_state, episodes, keys, optimizer
             )
-        else:
-            (loss, metrics), grads = value_and_grad(state.params, episodes, keys, state.step)
+        model_state = state.model_state
+        if updater is None:
+            (loss, aux), grads = value_and_grad(
+                state.params, model_state if stateful else None, episodes, keys, state.step
+            )
+            metrics, model_state = aux if stateful else (aux, model_state)
             updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
             params = optax.apply_updates(state.params, updates)
         new = state.replace(step=state.step + 1, params=params, opt_state=opt_state, key=jax.random.key_data(key))
+        new = new.replace(model_state=model_state)
         return new, {"loss": loss, **metrics}
 
     return step
@@ -304,20 +330,22 @@ def _sharded_value_and_grad(learner, meta_batch: int, mesh: Mesh, task_batching:
             f"(each takes an equal share of the tasks), got meta_batch={meta_batch}."
         )
 
-    def local(params, episodes, keys, step):
+    def local(params, model_state, episodes, keys, step):
         # Mark the replicated parameters as varying over the task axis: a gradient with
         # respect to a device-invariant value would be summed over devices (its transpose
         # is a psum), which would mix the tasks of all devices into every inner step.
         params = jax.lax.pcast(params, axis_name, to="varying")
         keys = jax.random.wrap_key_data(keys)
-        # Equal shares, so the mean of the devices' means is the mean over all tasks.
-        value_grad = batch_value_and_grad(learner, params, episodes, keys, task_batching, step)
+        # Equal shares, so the mean of the devices' means is the mean over all tasks
+        # (of the new model states too).
+        value_grad = batch_value_and_grad(learner, params, episodes, keys, task_batching, step, model_state)
         return jax.lax.pmean(value_grad, axis_name)
 
-    sharded = jax.shard_map(local, mesh=mesh, in_specs=(P(), P(axis_name), P(axis_name), P()), out_specs=P())
+    specs = (P(), P(), P(axis_name), P(axis_name), P())
+    sharded = jax.shard_map(local, mesh=mesh, in_specs=specs, out_specs=P())
 
-    def value_and_grad(params, episodes, keys, step):
-        return sharded(params, episodes, jax.random.key_data(keys), step)  # raw keys split over the task axis
+    def value_and_grad(params, model_state, episodes, keys, step):
+        return sharded(params, model_state, episodes, jax.random.key_data(keys), step)  # raw keys split by task
 
     return value_and_grad
 
@@ -362,8 +390,8 @@ def make_train_step(
     The steps are a ``lax.scan``, so tiny problems (sinusoid) are not bound by Python
     dispatch. The input state's buffers are donated; a task's arrays (a dataset) are
     passed as arguments, not embedded in the program. Metrics come back stacked:
-    ``[steps_per_call]`` per metric, with ``state_finite`` (bool): whether the parameters
-    and optimizer state after each step are all finite, one fused reduction on the device
+    ``[steps_per_call]`` per metric, with ``state_finite`` (bool): whether the parameters,
+    optimizer state and model state after each step are all finite, one fused reduction on the device
     that :func:`train` reads with the losses, so no non-finite state reaches a checkpoint.
     ``task_batching=None`` is resolved per backend by
     :func:`resolve_task_batching`. With a ``mesh`` (see :mod:`metajax.distributed`), the
@@ -414,7 +442,7 @@ def _program(rebuild_task, learner, optimizer, meta_batch, steps_per_call, task_
 
         def body(s, batch):
             s, metrics = one(s, batch)
-            return s, {**metrics, "state_finite": all_finite((s.params, s.opt_state))}
+            return s, {**metrics, "state_finite": all_finite((s.params, s.opt_state, s.model_state))}
 
         # A feed's batches, one per step, become the scan's inputs (stacked on the device).
         fed = None if batches is None else jax.tree.map(lambda *b: jnp.stack(b), *batches)
@@ -632,11 +660,12 @@ def _check_divergence(
 
 
 def _first_non_finite(state: TrainState) -> str:
-    """``"<path> holds inf"`` for the first non-finite leaf of the params or optimizer state (error path)."""
-    for path, leaf in jax.tree_util.tree_flatten_with_path((state.params, state.opt_state))[0]:
+    """``"<path> holds inf"`` for the first non-finite leaf of the params, optimizer or model state (error path)."""
+    parts = ("params", "opt_state", "model_state")
+    for path, leaf in jax.tree_util.tree_flatten_with_path(tuple(getattr(state, p) for p in parts))[0]:
         values = np.asarray(leaf)
         if np.issubdtype(values.dtype, np.inexact) and not np.isfinite(values).all():
-            where = ("params" if path[0].idx == 0 else "opt_state") + jax.tree_util.keystr(path[1:])
+            where = parts[path[0].idx] + jax.tree_util.keystr(path[1:])
             return f"{where} holds {values[~np.isfinite(values)].flat[0]}"
     return "a leaf became non-finite within the dispatch"
 
@@ -645,7 +674,7 @@ def _intact_and_finite(state: TrainState) -> bool:
     """Whether ``state`` can be checkpointed: not donated to a dispatch that was interrupted, and finite."""
     if any(getattr(leaf, "is_deleted", lambda: False)() for leaf in jax.tree.leaves(state)):
         return False
-    return bool(_all_finite_jit((state.params, state.opt_state)))
+    return bool(_all_finite_jit((state.params, state.opt_state, state.model_state)))
 
 
 _all_finite_jit = jax.jit(all_finite)

@@ -393,12 +393,18 @@ def _sgd_or(optimizer: optax.GradientTransformation | None, lr: float) -> optax.
     return optax.sgd(lr) if optimizer is None else optimizer
 
 
-def apply_model(model: nn.Module, params: Params, x: jax.Array, **kwargs: Any) -> jax.Array:
-    """``model.apply({"params": params}, x, **kwargs)``; integer ``x`` is refused (flax would promote it silently)."""
+def apply_model(
+    model: nn.Module, params: Params, x: jax.Array, model_state: dict | None = None, **kwargs: Any
+) -> jax.Array:
+    """``model.apply({"params": params, **model_state}, x, **kwargs)``; integer ``x`` is refused.
+
+    ``model_state``: the model's other variable collections, e.g. ``{"batch_stats": ...}``
+    (``None``: none). Flax would promote an integer ``x`` silently.
+    """
     if not jnp.issubdtype(x.dtype, jnp.inexact):
         raise TypeError(
             f"the model's inputs x (an episode's support_x / query_x) must be floating point, got dtype {x.dtype} "
             f"{tuple(x.shape)}; convert them, e.g. images as x.astype(jnp.float32) / 255."
         )
     # flax types ``Module.apply`` as ``Any | tuple[Any, variables]``; the tuple comes only with ``mutable=``.
-    return cast(jax.Array, model.apply({"params": params}, x, **kwargs))
+    return cast(jax.Array, model.apply({"params": params, **(model_state or {})}, x, **kwargs))

@@ -7,6 +7,13 @@ registered as ``"maml++"``: learned per-layer per-step inner learning rates (LSL
 (derivative-order annealing, ``first_order_epochs``) and, outside the learner, cosine
 annealing of the meta learning rate (``optax.cosine_decay_schedule``). Its per-step
 batch-norm weights (BNWB) are a mode of the model (``Conv4(bn="per_step", bn_steps=...)``).
+
+With a model whose batch norm keeps running statistics (``bn="running"``), MAML carries
+them as its :class:`~metajax.learner.Stateful` state: meta-training normalises with batch statistics and
+updates the running averages from each task's query pass through its adapted weights
+(a forward pass under ``stop_gradient``, so no statistic carries a meta-gradient);
+``evaluate``, ``adapt`` and ``predict`` then normalise every input, support and query,
+with the averages they are given (``model_state``).
 """
 
 from __future__ import annotations
@@ -77,11 +84,13 @@ class Adapted(NamedTuple):
         weights: the adapted weights.
         context: the support inputs whose statistics normalise predictions (``bn="support"``).
         step: the batch-norm row of the last inner step (``bn="per_step"``), int32 scalar.
+        stats: the running statistics that normalise predictions (``bn="running"``), or ``None``.
     """
 
     weights: Any
     context: jax.Array
     step: jax.Array
+    stats: Any = None
 
 
 def bn_mode(model: nn.Module) -> str:
@@ -198,36 +207,103 @@ class MAML:
         """Every weight adapts per task (the learned rates are shared)."""
         return params["model"] if self.learned_rates else params
 
+    def init_model_state(self, key: jax.Array, episode: Episode) -> dict:
+        """``{"batch_stats": running averages}`` of a ``bn="running"`` model (means 0, variances 1), else ``{}``."""
+        if bn_mode(self.model) != "running":
+            return {}
+        return {"batch_stats": self.model.init(key, episode.support_x)["batch_stats"]}
+
     def predict(self, adapted: Any, x: jax.Array) -> jax.Array:
         """Model outputs for inputs ``x`` (``[examples, ...]``) with weights, or an :class:`Adapted` from ``adapt``."""
         if isinstance(adapted, Adapted):
-            return self._forward(adapted.weights, x, adapted.step, adapted.context)
+            return self._forward(adapted.weights, x, adapted.step, adapted.context, adapted.stats)
         return self._forward(adapted, x)
 
     def adapt(
-        self, params: Any, support: tuple[jax.Array, jax.Array], key: jax.Array, num_steps: int | None = None
+        self,
+        params: Any,
+        support: tuple[jax.Array, jax.Array],
+        key: jax.Array,
+        num_steps: int | None = None,
+        model_state: dict | None = None,
     ) -> Any:
         """Adapted weights after ``num_steps`` (default ``inner_steps``) updates on ``support = (x, y)``.
 
-        An :class:`Adapted` (weights, support inputs, last step's batch-norm row) when the
-        model's batch norm is not transductive.
+        An :class:`Adapted` (weights, support inputs, last step's batch-norm row, running
+        statistics) when the model's batch norm is not transductive. ``model_state``: the
+        running statistics of ``bn="running"`` (``TrainState.model_state``), required there.
         """
         del key
+        stats = self._running(model_state)
         steps = self.inner_steps if num_steps is None else num_steps
-        weights = self._inner(params, support, steps, self.meta_gradient)[0]
+        weights = self._inner(params, support, steps, self.meta_gradient, stats=stats)[0]
         if bn_mode(self.model) == "transductive":
             return weights
-        return Adapted(weights, support[0], jnp.int32(max(steps - 1, 0)))
+        return Adapted(weights, support[0], jnp.int32(max(steps - 1, 0)), stats)
 
     def loss(self, params: Any, episode: Episode, key: jax.Array) -> tuple[jax.Array, dict]:
         """Query loss of the adapted model on one task, and its metrics (after MAML++'s schedules)."""
-        return self._loss(self.meta_gradient, params, episode, key, None)
+        return self._scheduled(params, episode, key, None)[0]
 
     def loss_at(self, params: Any, episode: Episode, key: jax.Array, step: jax.Array) -> tuple[jax.Array, dict]:
         """:meth:`loss` at meta-step ``step`` (a traced int): MSL weights and derivative order of its epoch.
 
         Both orders are branches of one ``lax.cond``, so the meta-step compiles once.
         """
+        return self._scheduled(params, episode, key, step)[0]
+
+    def loss_and_state(
+        self, params: Any, model_state: dict, episode: Episode, key: jax.Array, step: jax.Array | None = None
+    ) -> tuple[jax.Array, tuple[dict, dict]]:
+        """``(loss, (metrics, model_state))``: :meth:`loss` (:meth:`loss_at` ``step``) and the new running statistics.
+
+        With ``bn="running"`` the statistics are the moving averages updated by the query
+        pass through the adapted weights (under ``stop_gradient``); otherwise ``model_state``
+        comes back as given (``{}``).
+        """
+        (value, metrics), adapted = self._scheduled(params, episode, key, step)
+        if bn_mode(self.model) != "running":
+            return value, (metrics, model_state)
+        variables = {"params": jax.lax.stop_gradient(adapted), **model_state}
+        _, updated = self.model.apply(variables, episode.query_x, mutable=["batch_stats"])
+        return value, (metrics, dict(updated))
+
+    def evaluate(
+        self,
+        params: Any,
+        episode: Episode,
+        key: jax.Array,
+        num_steps: int | None = None,
+        model_state: dict | None = None,
+    ) -> dict:
+        """Query metrics before adaptation and after each step: arrays ``[num_steps + 1]``.
+
+        ``model_state``: the running statistics of ``bn="running"``, required there (as :meth:`adapt`'s).
+        """
+        del key
+        stats = self._running(model_state)
+        steps = self.inner_steps if num_steps is None else num_steps
+        params = jax.lax.stop_gradient(params)
+        return self._inner(params, episode.support, steps, self.meta_gradient, episode.query, stats=stats)[1][1]
+
+    def _running(self, model_state: dict | None) -> dict | None:
+        """The running statistics that normalise at evaluation: ``model_state`` with ``bn="running"``, else ``None``."""
+        mode = bn_mode(self.model)
+        if mode == "running" and not model_state:
+            raise ValueError(
+                "MAML's model has bn='running', whose statistics from meta-training normalise at evaluation: pass "
+                f"model_state=TrainState.model_state ({{'batch_stats': ...}}), got {model_state!r}."
+            )
+        if mode != "running" and model_state:
+            raise ValueError(
+                f"model_state holds running statistics, which only a model with bn='running' uses; got bn={mode!r}."
+            )
+        return model_state if mode == "running" else None
+
+    def _scheduled(self, params, episode, key, step):
+        """``((loss, metrics), adapted weights)`` at meta-step ``step`` (``None``: after the schedules)."""
+        if step is None:
+            return self._loss(self.meta_gradient, params, episode, key, None)
         epoch = step // self.epoch_steps
         weights = msl_weights(self.inner_steps, epoch, self.msl_epochs) if self.msl_epochs else None
         if not self.first_order_epochs:
@@ -235,41 +311,40 @@ class MAML:
         first, final = (functools.partial(self._loss, order) for order in (FirstOrder(), self.meta_gradient))
         return jax.lax.cond(epoch < self.first_order_epochs, first, final, params, episode, key, weights)
 
-    def evaluate(self, params: Any, episode: Episode, key: jax.Array, num_steps: int | None = None) -> dict:
-        """Query metrics before adaptation and after each step: arrays ``[num_steps + 1]``."""
-        del key
-        steps = self.inner_steps if num_steps is None else num_steps
-        params = jax.lax.stop_gradient(params)
-        return self._inner(params, episode.support, steps, self.meta_gradient, episode.query)[1][1]
-
     def _loss(self, meta_gradient, params, episode, key, step_weights):
-        """The query objective; with ``step_weights [inner_steps]``, their sum over every step's query loss."""
+        """``((query objective, metrics), adapted weights)`` of one task.
+
+        With ``step_weights [inner_steps]`` the objective is their sum over every step's query loss.
+        """
         del key
         if step_weights is None:
             adapted = self._inner(params, episode.support, self.inner_steps, meta_gradient)[0]
             row = max(self.inner_steps - 1, 0)
             predictions = self._forward(adapted, episode.query_x, row, episode.support_x)
-            return losses.resolve(self.objective, episode.query_y)(predictions, episode.query_y)
-        _, (step_losses, metrics) = self._inner(
+            return losses.resolve(self.objective, episode.query_y)(predictions, episode.query_y), adapted
+        adapted, (step_losses, metrics) = self._inner(
             params, episode.support, self.inner_steps, meta_gradient, episode.query, every_step=True
         )
-        return jnp.sum(step_weights * step_losses[1:]), jax.tree.map(lambda m: m[-1], metrics)
+        return (jnp.sum(step_weights * step_losses[1:]), jax.tree.map(lambda m: m[-1], metrics)), adapted
 
-    def _forward(self, weights, x, step=0, context=None):
-        """The model on ``x``; ``step`` picks per-step BN weights, ``context`` gives support statistics."""
+    def _forward(self, weights, x, step=0, context=None, stats=None):
+        """The model on ``x``; ``step``: per-step BN weights; ``context``, ``stats``: support, running statistics."""
         mode = bn_mode(self.model)
         if mode == "per_step":
             return apply_model(self.model, weights, x, step=step)
         if mode == "support" and context is not None:
             return apply_model(self.model, weights, x, context=context)
+        if mode == "running" and stats is not None:
+            return apply_model(self.model, weights, x, stats, use_running_average=True)
         return apply_model(self.model, weights, x)
 
-    def _inner(self, params, support, steps, meta_gradient, query=None, every_step=False):
+    def _inner(self, params, support, steps, meta_gradient, query=None, every_step=False, stats=None):
         """``(adapted weights, tracked)``; with ``query``, tracked is ``(losses, metrics)``, each ``[steps + 1]``.
 
         Inner step ``k`` (0-based) uses batch-norm row ``k``, and so do the query
         predictions after it (as the reference); the predictions before any step use row 0.
         ``every_step`` keeps each step's query loss on the tape (the multi-step loss).
+        ``stats``: running statistics that normalise every forward pass (``bn="running"`` at evaluation).
         """
         sx, sy = support
         objective = losses.resolve(self.objective, sy)
@@ -284,17 +359,17 @@ class MAML:
             def loss_fn(w, d):
                 return objective(self._forward(w, d[1], d[0]), d[2])
         else:
-            data = support
+            data = (*support, stats)  # the statistics travel as data: loss_fn closes over no traced array
 
             def loss_fn(w, d):
-                return objective(self._forward(w, d[0]), d[1])
+                return objective(self._forward(w, d[0], stats=d[2]), d[1])
 
         track = None
         if query is not None:
             qx, qy = query
 
             def at(w, row):
-                return objective(self._forward(w, qx, row, sx), qy)
+                return objective(self._forward(w, qx, row, sx, stats), qy)
 
             # Per-step BN needs each step's row: keep the weights of every step, then evaluate them.
             track = (lambda w: w) if per_step or every_step else functools.partial(at, row=0)

@@ -54,7 +54,7 @@ TASKS = SUPERVISED_TASKS + rl_app.TASKS
 # in-context Transformer's embedding (SNAIL's Conv4). The other natural-image benchmarks take
 # MAML's miniImageNet setting.
 DEFAULT_FILTERS = {"omniglot": 64, "miniimagenet": 32, "tiered-imagenet": 32, "cifar-fs": 32, "fc100": 32, "cub": 32}
-BN_MODES = ("transductive", "support", "per_step")  # metajax.models.layers.BN_MODES, without importing JAX
+BN_MODES = ("transductive", "support", "per_step", "running")  # metajax.models.layers.BN_MODES, without importing JAX
 # The learners that give the backbone its support inputs and inner step (MAML's class); the
 # others normalise with the statistics of the batch they are given.
 BN_MODE_ALGORITHMS = ("maml", "fomaml", "imaml", "maml++")
@@ -171,8 +171,9 @@ def build_parser() -> argparse.ArgumentParser:
         choices=BN_MODES,
         default=None,
         help="batch norm of the image backbones: transductive (statistics of the batch, MAML's), support "
-        "(support statistics for the queries) or per_step (BN weights per inner step, MAML++'s) "
-        "(default transductive; per_step for maml++)",
+        "(support statistics for the queries), per_step (BN weights per inner step, MAML++'s) or running "
+        "(batch statistics in meta-training, which keeps their moving averages, momentum 0.9, in the checkpoint; "
+        "evaluation normalises with the averages) (default transductive; per_step for maml++)",
     )
     t.add_argument(
         "--msl-epochs",
@@ -477,12 +478,12 @@ def _refuse_inapplicable(args: argparse.Namespace) -> None:
         raise CommandError("--filters sets the width of Conv4; --backbone resnet12 has fixed widths.")
     if args.bn_mode not in (None, "transductive") and args.algo not in BN_MODE_ALGORITHMS:
         raise CommandError(
-            f"--bn-mode {args.bn_mode} needs a learner that gives the backbone its support set and inner step "
-            f"({', '.join(BN_MODE_ALGORITHMS)}); --algo {args.algo} normalises with batch statistics only."
+            f"--bn-mode {args.bn_mode} needs a learner that gives the backbone its support set, inner step or running "
+            f"statistics ({', '.join(BN_MODE_ALGORITHMS)}); --algo {args.algo} normalises with batch statistics only."
         )
     if args.bn_mode == "per_step" and args.algo == "imaml":
-        raise CommandError("--bn-mode per_step needs the inner steps on the tape; --algo imaml differentiates "
-                           "the inner solution implicitly. Use --bn-mode transductive or support.")  # fmt: skip
+        raise CommandError("--bn-mode per_step needs the inner steps on the tape; --algo imaml differentiates the "
+                           "inner solution implicitly. Use --bn-mode transductive, support or running.")  # fmt: skip
     if args.task in rl_app.TASKS:
         return
     ways = DEFAULTS["ways"] if args.ways is None else args.ways
@@ -559,11 +560,13 @@ def _eval_key(seed: int):
     return jax.random.split(jax.random.key(seed))[1]
 
 
-def _evaluate(run: _Run, params, key, num_tasks: int) -> dict:
+def _evaluate(run: _Run, state, key, num_tasks: int) -> dict:
+    """The test summary of ``state``'s meta-parameters and model state (``bn="running"``'s statistics)."""
     from metajax.evaluation import evaluate
 
-    return evaluate(run.test_learner, params, run.test_task, key=key, num_tasks=num_tasks,
-                    num_steps=run.eval_steps, task_batching=run.task_batching)  # fmt: skip
+    return evaluate(run.test_learner, state.params, run.test_task, key=key, num_tasks=num_tasks,
+                    num_steps=run.eval_steps, task_batching=run.task_batching,
+                    model_state=state.model_state)  # fmt: skip
 
 
 # Settings a resumed run may change: where and how it is recorded, when it stops, how the same
@@ -640,7 +643,7 @@ def train_command(args: argparse.Namespace) -> dict:
         if args.host_pipeline:
             train_task.close()
     train_seconds = time.perf_counter() - t0
-    eval_summary = _evaluate(run, launch.local(state.params), k_eval, args.eval_tasks)
+    eval_summary = _evaluate(run, launch.local(state), k_eval, args.eval_tasks)
     history = log + history
     result = {
         "config": config,
@@ -716,7 +719,7 @@ def eval_command(args: argparse.Namespace) -> dict:
         },
         "checkpoint_step": int(state.step),
         "machine": machine(),
-        "eval": _evaluate(run, state.params, _eval_key(seed), args.eval_tasks),
+        "eval": _evaluate(run, state, _eval_key(seed), args.eval_tasks),
     }
     write_json_atomic(args.run / "eval.json", result)
     return result

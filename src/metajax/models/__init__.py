@@ -2,7 +2,8 @@
 
 Batch normalisation is a mode of the model (``bn`` of Conv4 and ResNet-12, see
 ``metajax.models.layers.BN_MODES``): by default MAML's statistics of the current batch,
-no running averages, so every model is a pure function of ``(params, x)``. Flax NNX and
+no running averages, so every model is a pure function of ``(params, x)``; with
+``bn="running"`` the moving averages are a second collection, ``"batch_stats"``. Flax NNX and
 equinox modules get the same two functions from :func:`from_nnx` and :func:`from_equinox`
 (:mod:`metajax.models.adapters`).
 """

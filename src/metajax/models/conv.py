@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from metajax.models.layers import BatchStatNorm, check_bn, stack_context
+from metajax.models.layers import batch_norm, check_bn, stack_context
 
 CONV_IMPLS = ("xla", "patches")
 
@@ -133,8 +133,12 @@ class Conv4(nn.Module):
         bn: the batch-normalisation mode (``metajax.models.layers.BN_MODES``):
             ``"transductive"`` (statistics of the inputs evaluated together, MAML's),
             ``"support"`` (statistics of ``context``, the support inputs, when given) or
-            ``"per_step"`` (a scale and offset per inner step, selected by ``step``).
+            ``"per_step"`` (a scale and offset per inner step, selected by ``step``) or
+            ``"running"`` (batch statistics, whose moving averages are kept in the
+            ``"batch_stats"`` collection when it is mutable; ``use_running_average=True``
+            normalises with those averages, at evaluation).
         bn_steps: inner steps with their own batch-norm weights (``bn="per_step"``).
+        bn_momentum: weight of the old average in each running-average update (``bn="running"``).
 
     Example:
         >>> import jax, jax.numpy as jnp
@@ -152,15 +156,23 @@ class Conv4(nn.Module):
     dtype: jnp.dtype | None = None
     bn: str = "transductive"
     bn_steps: int = 1
+    bn_momentum: float = 0.9
 
     @nn.compact
-    def __call__(self, x: jax.Array, context: jax.Array | None = None, step: int | jax.Array = 0) -> jax.Array:
+    def __call__(
+        self,
+        x: jax.Array,
+        context: jax.Array | None = None,
+        step: int | jax.Array = 0,
+        use_running_average: bool = False,
+    ) -> jax.Array:
         """``x``: ``[examples, H, W, C]`` -> ``[examples, out]`` or ``[examples, features]``.
 
         ``context`` (``bn="support"``): ``[support, H, W, C]`` whose statistics normalise ``x``;
-        ``step`` (``bn="per_step"``): the inner step whose batch-norm weights apply.
+        ``step`` (``bn="per_step"``): the inner step whose batch-norm weights apply;
+        ``use_running_average`` (``bn="running"``): normalise with the running statistics.
         """
-        check_bn("Conv4", self.bn, self.bn_steps)
+        check_bn("Conv4", self.bn, self.bn_steps, self.bn_momentum, use_running_average)
         if self.pool not in ("max", "stride"):
             raise ValueError(f"Conv4.pool must be 'max' or 'stride', got {self.pool!r}.")
         impl = default_conv_impl() if self.impl is None else self.impl
@@ -173,11 +185,12 @@ class Conv4(nn.Module):
         x, rows = stack_context("Conv4", self.bn, x, context)
         stride = 2 if self.pool == "stride" else 1
         conv = patch_conv if impl == "patches" else None
+        norm = batch_norm(self.bn, self.bn_steps, self.bn_momentum)
         for _ in range(4):
             x = nn.Conv(
                 self.filters, (3, 3), strides=stride, padding="SAME", dtype=self.dtype, conv_general_dilated=conv
             )(x)
-            x = nn.relu(BatchStatNorm(steps=self.bn_steps)(x, context_rows=rows, step=step))
+            x = nn.relu(norm()(x, context_rows=rows, step=step, use_running_average=use_running_average))
             if self.pool == "max" and impl == "patches":
                 x = reshape_max_pool(x)
             elif self.pool == "max":

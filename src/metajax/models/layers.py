@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -10,52 +12,100 @@ import jax.numpy as jnp
 # "transductive": statistics of the batch being evaluated (MAML's; queries see each other);
 # "support": statistics of the support set, passed as ``context``, also for the queries
 # (non-transductive: each query's output depends on the support set and on itself only);
-# "per_step": a scale and offset per inner step (MAML++'s BNWB), statistics of the batch.
-BN_MODES = ("transductive", "support", "per_step")
+# "per_step": a scale and offset per inner step (MAML++'s BNWB), statistics of the batch;
+# "running": statistics of the batch in meta-training, which also accumulates their moving
+# averages (the "batch_stats" collection, not learned by gradient); at evaluation the averages
+# normalise every input (non-transductive: each query's output depends on itself only).
+BN_MODES = ("transductive", "support", "per_step", "running")
 
 
 class BatchStatNorm(nn.Module):
-    """Batch normalisation with batch statistics and no running averages.
+    """Batch normalisation with batch statistics, and optionally their running averages.
 
     Normalises over every axis but the last (channels) with the statistics of the input
     itself (or of its first ``context_rows`` rows), as MAML does at both meta-train and
     meta-test time, then applies a learned per-channel scale and offset.
 
+    With ``running``, the layer also keeps moving averages of the batch mean and (biased)
+    variance, ``batch_stats/mean`` and ``batch_stats/var`` (``[C]``, float32, starting at 0
+    and 1). A call with the ``"batch_stats"`` collection mutable stores
+    ``momentum * average + (1 - momentum) * stop_gradient(batch statistic)`` (flax
+    ``BatchNorm``'s convention); ``use_running_average=True`` normalises with the averages
+    instead of the batch's, so each row's output depends on that row only.
+
     Attributes:
         epsilon: added to the variance.
         steps: number of (scale, offset) pairs, ``[steps, C]``; ``1`` keeps them ``[C]``.
             With more, call number ``step`` uses row ``min(step, steps - 1)`` (per inner step).
+        running: keep the running averages (``bn="running"``).
+        momentum: weight of the old average in each update, in ``[0, 1)``.
     """
 
     epsilon: float = 1e-5
     steps: int = 1
+    running: bool = False
+    momentum: float = 0.9
 
     @nn.compact
-    def __call__(self, x: jax.Array, *, context_rows: int = 0, step: int | jax.Array = 0) -> jax.Array:
-        """``x``: ``[N, ..., C]`` -> ``[N, ..., C]``; statistics of ``x[:context_rows]`` when ``context_rows > 0``."""
+    def __call__(
+        self,
+        x: jax.Array,
+        *,
+        context_rows: int = 0,
+        step: int | jax.Array = 0,
+        use_running_average: bool = False,
+    ) -> jax.Array:
+        """``x``: ``[N, ..., C]`` -> ``[N, ..., C]``.
+
+        Statistics of ``x[:context_rows]`` when ``context_rows > 0``; the running averages
+        with ``use_running_average``.
+        """
         # Low-precision inputs (bf16) are normalised in float32 and returned in their dtype;
         # the parameters are at least float32.
         dtype = jnp.promote_types(x.dtype, jnp.float32)
         h = x.astype(dtype)
         axes = tuple(range(h.ndim - 1))
-        ref = h[:context_rows] if context_rows else h
-        mean = jnp.mean(ref, axis=axes, keepdims=True)
-        var = jnp.mean(jnp.square(ref - mean), axis=axes, keepdims=True)
+        channels = (1,) * (h.ndim - 1) + (h.shape[-1],)
+        if use_running_average and not self.running:
+            raise ValueError("BatchStatNorm(use_running_average=True) needs running=True (the averages it keeps).")
+        keeps = self.running and (use_running_average or self.is_mutable_collection("batch_stats"))
+        if keeps:
+            avg_mean = self.variable("batch_stats", "mean", jnp.zeros, (h.shape[-1],), jnp.float32)
+            avg_var = self.variable("batch_stats", "var", jnp.ones, (h.shape[-1],), jnp.float32)
+        if use_running_average:
+            mean, var = (v.value.astype(dtype).reshape(channels) for v in (avg_mean, avg_var))
+        else:
+            ref = h[:context_rows] if context_rows else h
+            mean = jnp.mean(ref, axis=axes, keepdims=True)
+            var = jnp.mean(jnp.square(ref - mean), axis=axes, keepdims=True)
+            if keeps and not self.is_initializing():
+                for average, batch in ((avg_mean, mean), (avg_var, var)):
+                    batch = jax.lax.stop_gradient(batch).reshape(-1).astype(jnp.float32)
+                    average.value = self.momentum * average.value + (1 - self.momentum) * batch
         shape = (h.shape[-1],) if self.steps == 1 else (self.steps, h.shape[-1])
         scale = self.param("scale", nn.initializers.ones, shape, dtype)
         bias = self.param("bias", nn.initializers.zeros, shape, dtype)
         if self.steps > 1:
             row = jnp.minimum(step, self.steps - 1)
             scale, bias = scale[row], bias[row]
-        channels = (1,) * (h.ndim - 1) + (h.shape[-1],)
         out = (h - mean) * jax.lax.rsqrt(var + self.epsilon) * scale.reshape(channels) + bias.reshape(channels)
         return out.astype(x.dtype)
 
 
-def check_bn(owner: str, bn: str, bn_steps: int) -> None:
-    """Raise ``ValueError`` naming ``owner``'s field unless ``bn`` is in :data:`BN_MODES` and ``bn_steps`` fits it."""
+def check_bn(owner: str, bn: str, bn_steps: int, bn_momentum: float = 0.9, use_running_average: bool = False) -> None:
+    """Raise ``ValueError`` naming ``owner``'s field unless ``bn`` is in :data:`BN_MODES` and the rest fits it.
+
+    ``bn_steps`` and ``bn_momentum`` are the backbone's fields, ``use_running_average`` its call's argument.
+    """
     if bn not in BN_MODES:
         raise ValueError(f"{owner}.bn must be one of {', '.join(map(repr, BN_MODES))}, got {bn!r}.")
+    if isinstance(bn_momentum, bool) or not isinstance(bn_momentum, int | float) or not 0 <= bn_momentum < 1:
+        raise ValueError(f"{owner}.bn_momentum must be a number in [0, 1), got {bn_momentum!r}.")
+    if use_running_average and bn != "running":
+        raise ValueError(
+            f"{owner} was called with use_running_average=True, which needs the running statistics of "
+            f"bn='running'; got bn={bn!r}."
+        )
     if not isinstance(bn_steps, int) or bn_steps < 1:
         raise ValueError(f"{owner}.bn_steps must be a positive integer, got {bn_steps!r}.")
     if bn_steps > 1 and bn != "per_step":
@@ -63,6 +113,11 @@ def check_bn(owner: str, bn: str, bn_steps: int) -> None:
             f"{owner}.bn_steps={bn_steps} gives affine weights per inner step, which only bn='per_step' uses; "
             f"got bn={bn!r}."
         )
+
+
+def batch_norm(bn: str, bn_steps: int, bn_momentum: float) -> functools.partial:
+    """A backbone's :class:`BatchStatNorm` constructor for mode ``bn`` (checked by :func:`check_bn`)."""
+    return functools.partial(BatchStatNorm, steps=bn_steps, running=bn == "running", momentum=bn_momentum)
 
 
 def stack_context(owner: str, bn: str, x: jax.Array, context: jax.Array | None) -> tuple[jax.Array, int]:

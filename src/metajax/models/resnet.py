@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 
 from metajax.models.conv import CONV_IMPLS, default_conv_impl, patch_conv, reshape_max_pool
-from metajax.models.layers import BatchStatNorm, check_bn, stack_context
+from metajax.models.layers import batch_norm, check_bn, stack_context
 
 
 class ResNet12(nn.Module):
@@ -30,6 +30,7 @@ class ResNet12(nn.Module):
         dtype: computation dtype (e.g. ``jnp.bfloat16``); parameters stay float32.
         bn: the batch-normalisation mode, as :class:`Conv4`'s.
         bn_steps: inner steps with their own batch-norm weights (``bn="per_step"``).
+        bn_momentum: weight of the old average in each running-average update (``bn="running"``).
 
     Example:
         >>> import jax, jax.numpy as jnp
@@ -45,14 +46,21 @@ class ResNet12(nn.Module):
     dtype: jnp.dtype | None = None
     bn: str = "transductive"
     bn_steps: int = 1
+    bn_momentum: float = 0.9
 
     @nn.compact
-    def __call__(self, x: jax.Array, context: jax.Array | None = None, step: int | jax.Array = 0) -> jax.Array:
+    def __call__(
+        self,
+        x: jax.Array,
+        context: jax.Array | None = None,
+        step: int | jax.Array = 0,
+        use_running_average: bool = False,
+    ) -> jax.Array:
         """``x``: ``[examples, H, W, C]`` -> ``[examples, out]`` or ``[examples, channels[-1]]``.
 
-        ``context`` and ``step`` as in :class:`Conv4`.
+        ``context``, ``step`` and ``use_running_average`` as in :class:`Conv4`.
         """
-        check_bn("ResNet12", self.bn, self.bn_steps)
+        check_bn("ResNet12", self.bn, self.bn_steps, self.bn_momentum, use_running_average)
         impl = default_conv_impl() if self.impl is None else self.impl
         if impl not in CONV_IMPLS:
             raise ValueError(
@@ -64,11 +72,12 @@ class ResNet12(nn.Module):
             raise ValueError(f"ResNet12.channels must hold 4 block widths, got {tuple(self.channels)}.")
         conv_fn = patch_conv if impl == "patches" else None
         x, rows = stack_context("ResNet12", self.bn, x, context)
+        norm = batch_norm(self.bn, self.bn_steps, self.bn_momentum)
 
         def conv(features, size, h):
             layer = nn.Conv(features, (size, size), padding="SAME", use_bias=False, dtype=self.dtype,
                             conv_general_dilated=conv_fn)  # fmt: skip
-            return BatchStatNorm(steps=self.bn_steps)(layer(h), context_rows=rows, step=step)
+            return norm()(layer(h), context_rows=rows, step=step, use_running_average=use_running_average)
 
         for features in self.channels:
             h = x
