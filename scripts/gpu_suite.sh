@@ -9,16 +9,19 @@
 #                                               copy Omniglot into ./data (ignored) to carry it
 #
 # Parts, in order of value; each runs under `timeout` with its own limit (seconds, full run):
-#   bench-maml-omniglot          120  JAX vs PyTorch, second-order MAML Conv4 5w1s, meta-batch 32,128,512
-#   bench-maml-sinusoid           60  JAX vs PyTorch, MAML sinusoid MLP, meta-batch 32,128,512
-#   bench-episodic               120  protonet/matchingnet/transformer/snail/feat, 5- and 20-way
-#                                     (PyTorch references exist for ProtoNets only)
-#   bench-bf16                    45  second-order MAML Conv4, float32 against bfloat16, meta-batch 512
+#   bench-maml-omniglot          150  JAX vs PyTorch, second-order MAML Conv4-64 5w1s, both variants
+#                                     (--pool stride,max), meta-batch 32,128,512
+#   bench-maml-sinusoid           45  JAX vs PyTorch, MAML sinusoid MLP, meta-batch 32,128,512
+#   bench-episodic                95  protonet/matchingnet/transformer/snail/feat, 5- and 20-way
+#                                     (PyTorch references for ProtoNets and Matching Networks)
+#   bench-miniimagenet            80  JAX vs PyTorch on 84x84x3 (Conv4-32 max-pool), 5w1s and 5w5s:
+#                                     second-order MAML (5 inner steps, meta-batch 4) and ProtoNets
 #   fewshot-snail-omniglot-5w1s  110  paper protocol, training stopped after 1 minute (--time-limit 1.0)
-#   fewshot-snail-omniglot-20w1s  80  paper protocol, --time-limit 0.5
-#   fewshot-maml-omniglot-5w1s    75  paper protocol, --time-limit 0.5 (runs only if time is left)
+#   bench-bf16                    45  second-order MAML Conv4, float32 against bfloat16, meta-batch 512
+#   fewshot-snail-omniglot-20w1s  80  paper protocol, --time-limit 0.5 (runs only if time is left)
+#   fewshot-maml-omniglot-5w1s    75  paper protocol, --time-limit 0.5 (if time is left)
 #   bench-maml-omniglot-first     50  JAX vs PyTorch, first-order MAML, meta-batch 32,512 (if time is left)
-# The suite's budget is 540 s (9 minutes, inside the device's 10 minutes a command): a part
+# The suite's budget is 480 s (8 minutes, inside the device's 10 minutes a command): a part
 # whose limit exceeds the time left is skipped and recorded as such, so the last parts run
 # only when earlier ones finished before their limits. A part that fails or times out is
 # recorded and the suite goes on. The fewshot parts' training time limits include compiling;
@@ -32,7 +35,8 @@
 # device returns from $OUT):
 #   bench-*.jsonl        the `metajax bench` JSON lines of each bench part: the machine line,
 #                        one result per configuration, the JAX/PyTorch ratio lines (recomputed
-#                        from the lines written when a part ends early, marked "recomputed")
+#                        from the lines written when a part ends early, marked "recomputed");
+#                        bench-maml-omniglot-first appends its run to bench-maml-omniglot.jsonl
 #   fewshot.jsonl        one `scripts/reproduce_fewshot.py` line per protocol that finished
 #   summary.json         machine, mode, budget, and per part: status (ok, failed, timeout,
 #                        skipped), the reason, the exit code, wall and budget seconds, the lines
@@ -66,22 +70,24 @@ set -u -o pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 CALLER_PWD=$PWD
 PARTS=(
-  bench-maml-omniglot bench-maml-sinusoid bench-episodic bench-bf16
-  fewshot-snail-omniglot-5w1s fewshot-snail-omniglot-20w1s fewshot-maml-omniglot-5w1s
+  bench-maml-omniglot bench-maml-sinusoid bench-episodic bench-miniimagenet
+  fewshot-snail-omniglot-5w1s bench-bf16 fewshot-snail-omniglot-20w1s fewshot-maml-omniglot-5w1s
   bench-maml-omniglot-first
 )
 declare -A LIMIT=(
-  [bench-maml-omniglot]=120 [bench-maml-sinusoid]=60 [bench-episodic]=120 [bench-bf16]=45
-  [fewshot-snail-omniglot-5w1s]=110 [fewshot-snail-omniglot-20w1s]=80 [fewshot-maml-omniglot-5w1s]=75
-  [bench-maml-omniglot-first]=50
+  [bench-maml-omniglot]=150 [bench-maml-sinusoid]=45 [bench-episodic]=95 [bench-miniimagenet]=80
+  [fewshot-snail-omniglot-5w1s]=110 [bench-bf16]=45 [fewshot-snail-omniglot-20w1s]=80
+  [fewshot-maml-omniglot-5w1s]=75 [bench-maml-omniglot-first]=50
 )
 # Smoke limits are guards for a slow shared CPU, not estimates.
 SMOKE_LIMIT=480
+# Parts whose lines go to another part's file (the device returns at most 8 files).
+declare -A OUTFILE=([bench-maml-omniglot-first]=bench-maml-omniglot)
 # Minutes of meta-training of each fewshot part (reproduce_fewshot.py --time-limit).
 declare -A TRAIN_MINUTES=(
   [fewshot-snail-omniglot-5w1s]=1.0 [fewshot-snail-omniglot-20w1s]=0.5 [fewshot-maml-omniglot-5w1s]=0.5
 )
-BUDGET_FULL=540
+BUDGET_FULL=480
 BUDGET_SMOKE=3600
 
 usage() {
@@ -418,7 +424,8 @@ bench_part() {
   while (($#)) && [[ $1 != -- ]]; do full+=("$1"); shift; done
   shift
   smoke=("$@")
-  local file=$DIR/$name.jsonl args
+  local file=$DIR/${OUTFILE[$name]:-$name}.jsonl args before=0
+  [[ -f $file ]] && before=$(wc -l <"$file" | tr -d ' ')
   if ((SMOKE)); then args=("${smoke[@]}" --steps 1 --warmup 0 --matmul-size 128); else args=("${full[@]}" --steps 5 --warmup 2); fi
   [[ $torch == with ]] && args+=("${TORCH_FLAG[@]}")
   local cmd=("$PY" -m metajax.app.cli bench "${args[@]}" --in-process --out "$file")
@@ -428,13 +435,15 @@ bench_part() {
   [[ $status == timeout ]] && reason="stopped at its limit of $limit s; the lines written before stay"
   [[ $status == failed ]] && reason="exit status $RC"
   if [[ $status != ok && -s $file ]]; then recompute_ratios "$file"; fi
-  local results errors ratios
-  results=$(count '"kind": "result"' "$file")
-  errors=$(count '"kind": "error"' "$file")
-  ratios=$(count '"kind": "ratio"' "$file")
+  # This part's own lines (its file may hold an earlier part's run before them).
+  local own=$WORK/$name.lines results errors ratios
+  if [[ -f $file ]]; then tail -n "+$((before + 1))" "$file" >"$own"; else : >"$own"; fi
+  results=$(count '"kind": "result"' "$own")
+  errors=$(count '"kind": "error"' "$own")
+  ratios=$(count '"kind": "ratio"' "$own")
   if [[ $status == ok && $errors != 0 ]]; then reason="$errors configuration(s) recorded an error line"; fi
   local lines
-  lines=$([[ -f $file ]] && wc -l <"$file" | tr -d ' ' || echo 0)
+  lines=$(wc -l <"$own" | tr -d ' ')
   record "$name" "$status" "$reason" "$RC" "$WALL" "$limit" "$(basename "$file")" "$lines" "${cmd[*]}" \
     "$(tail_of "$name")" "\"results\": ${results:-0}, \"errors\": ${errors:-0}, \"ratios\": ${ratios:-0}"
 }
@@ -490,8 +499,9 @@ run_part() {
   fi
   case $name in
     bench-maml-omniglot)
-      bench_part "$name" "$limit" with --workload maml-omniglot --order second --meta-batch 32,128,512 \
-        -- --workload maml-omniglot --order second --meta-batch 2 ;;
+      bench_part "$name" "$limit" with --workload maml-omniglot --order second --pool stride,max \
+        --meta-batch 32,128,512 \
+        -- --workload maml-omniglot --order second --pool stride,max --meta-batch 2 ;;
     bench-maml-sinusoid)
       bench_part "$name" "$limit" with --workload maml-sinusoid --meta-batch 32,128,512 \
         -- --workload maml-sinusoid --meta-batch 2 --steps-per-call 2 ;;
@@ -499,6 +509,11 @@ run_part() {
       bench_part "$name" "$limit" with \
         --workload protonet-omniglot,matchingnet-omniglot,transformer-omniglot,snail-omniglot,feat-omniglot --ways 5,20 \
         -- --workload protonet-omniglot,matchingnet-omniglot,transformer-omniglot,snail-omniglot,feat-omniglot --ways 5 ;;
+    bench-miniimagenet)
+      bench_part "$name" "$limit" with --workload maml-omniglot,protonet-omniglot --image miniimagenet \
+        --order second --ways 5 --shots 1,5 \
+        -- --workload maml-omniglot,protonet-omniglot --image miniimagenet --order second --ways 5 --shots 1 \
+        --meta-batch 1 --inner-steps 1 ;;
     bench-bf16)
       bench_part "$name" "$limit" without --workload maml-omniglot --order second --meta-batch 512 --dtype float32,bfloat16 \
         -- --workload maml-omniglot --order second --meta-batch 2 --dtype bfloat16 ;;

@@ -5,17 +5,26 @@ The workloads, each meta-trained with Adam exactly as :func:`metajax.train` runs
 
 * ``maml-sinusoid``: MLP 1-40-40-1, K=10 support and 10 query points, meta-batch 25,
   1 inner SGD step (lr 0.01), second order, 100 meta-steps per dispatch.
-* ``maml-omniglot``: Conv4 with 64 stride-2 filters, 5-way 1-shot, 5 queries per class,
-  meta-batch 32, 1 inner step (lr 0.4), first and second order.
+* ``maml-omniglot``: Conv4-64, 5-way 1-shot, 5 queries per class, meta-batch 32, 1 inner
+  step (lr 0.4), first and second order, with both Conv4 variants (``--pool``): stride-2
+  convolutions (the MAML paper's Omniglot network) and 2x2 max-pooling (MAML's
+  miniImageNet network, learn2learn's CNN4).
 * ``protonet-omniglot``: Conv4 with 64 max-pooled filters, 5-way and 20-way 1-shot,
   15 queries per class, meta-batch 1 (one episode per update, as in the paper).
 * ``matchingnet-omniglot``, ``transformer-omniglot``, ``snail-omniglot``,
   ``feat-omniglot``: the other embedding learners (metric and attention) on the same
-  episodes and embedding, with their registry defaults; episodes/s. PyTorch references
-  exist for ProtoNets only.
+  episodes and embedding, with their registry defaults (Matching Networks: cosine
+  attention without full-context embeddings); episodes/s. PyTorch references exist for
+  ProtoNets and Matching Networks.
 
-Images are random uint8 arrays of Omniglot's shape (28x28x1, 100 classes of 20), so the
-benchmark needs no download; the cost of a step does not depend on pixel values.
+Images are random uint8 arrays, so the benchmark needs no download; the cost of a step
+does not depend on pixel values. ``--image`` chooses their shape for the Conv4 workloads
+(the ``-omniglot`` names say which learner runs; every record names its ``image``):
+
+* ``omniglot`` (default): 28x28x1, 100 classes of 20, Conv4-64, 1 shot.
+* ``miniimagenet``: 84x84x3, 25 classes of 30, Conv4-32 with max-pooling, 15 queries per
+  class, 1 and 5 shots (``--shots``); MAML there takes 5 inner steps of lr 0.01 at
+  meta-batch 4 (the MAML paper's miniImageNet settings).
 
 Every measurement prints one JSON line: tasks/s (from the median step time over the timed
 steps after warm-up), ms per step, compile time, FLOPs per step (XLA's cost analysis of
@@ -27,9 +36,16 @@ line describes the machine; with PyTorch installed (``pip install metajax[bench]
 ``--torch``, PyTorch references of the same workloads run too (a learn2learn-style loop
 over tasks, and ``torch.func.vmap``), followed by one ``ratio`` line per reference.
 
+Peak resident memory is per configuration: in a fresh subprocess (the default) or, with
+``--in-process``, after resetting the kernel's peak counter (``/proc/self/clear_refs``) at
+the start of each configuration (``peak_rss_scope`` says which held). Each ``ratio`` line
+puts the JAX step's planned temporaries and peak memory next to the reference's peak.
+
 Example:
     $ python scripts/benchmark.py --workload maml-omniglot --order second --torch
+    $ metajax bench --workload maml-omniglot --pool max --meta-batch 8,16,32,64,128,256
     $ metajax bench --workload maml-omniglot --inner-steps 1,5,20 --remat both --meta-batch 8
+    $ metajax bench --workload maml-omniglot,protonet-omniglot --image miniimagenet --torch
 """
 
 from __future__ import annotations
@@ -50,7 +66,23 @@ from metajax.app.errors import CommandError, output_file_folder, run_command
 # Embedding learners on Omniglot episodes: one workload each, built by registry name.
 EPISODIC = tuple(f"{name}-omniglot" for name in ("protonet", "matchingnet", "transformer", "snail", "feat"))
 WORKLOADS = ("maml-sinusoid", "maml-omniglot", *EPISODIC)
-TORCH_WORKLOADS = ("maml-sinusoid", "maml-omniglot", "protonet-omniglot")
+TORCH_WORKLOADS = ("maml-sinusoid", "maml-omniglot", "protonet-omniglot", "matchingnet-omniglot")
+IMAGES = ("omniglot", "miniimagenet")
+POOLS = ("stride", "max")
+# The random arrays standing in for each dataset, and the Conv4 and episode sizes used on them.
+_IMAGE_SPECS = {
+    "omniglot": dict(size=28, channels=1, classes=100, examples=20, filters=64, shots=[1], episodic_ways=[5, 20]),
+    "miniimagenet": dict(
+        size=84, channels=3, classes=25, examples=30, filters=32, shots=[1, 5], episodic_ways=[5], queries=15
+    ),
+}
+# MAML's settings per image: (meta-batch, inner steps, inner lr, queries per class, default pools).
+_MAML_SPECS = {
+    "omniglot": dict(meta_batch=32, inner_steps=1, inner_lr=0.4, queries=5, pools=["stride", "max"]),
+    "miniimagenet": dict(meta_batch=4, inner_steps=5, inner_lr=0.01, queries=15, pools=["max"]),
+}
+# The shape of a measurement: what a JAX run and a PyTorch reference must share to be compared.
+SHAPE_KEYS = ("workload", "image", "pool", "shots", "meta_batch", "inner_steps", "ways", "order")
 JAX_IMPLS = ("jax",)
 TORCH_IMPLS = ("torch-loop", "torch-func")
 _DEFAULTS = {
@@ -98,7 +130,24 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
         "--inner-steps", type=_ints, default=None, help="MAML inner steps, comma-separated sweep (default 1)"
     )
     p.add_argument(
-        "--ways", type=_ints, default=None, help="ProtoNet ways (default 5,20); MAML Omniglot ways (default 5)"
+        "--ways",
+        type=_ints,
+        default=None,
+        help="embedding learners' ways (default 5,20; miniimagenet 5); MAML Omniglot ways (default 5)",
+    )
+    p.add_argument("--shots", type=_ints, default=None, help="support examples per class (default 1; miniimagenet 1,5)")
+    p.add_argument(
+        "--image",
+        type=_choices(IMAGES),
+        default=["omniglot"],
+        help="input shape of the Conv4 workloads: omniglot (28x28x1, default), miniimagenet (84x84x3, Conv4-32)",
+    )
+    p.add_argument(
+        "--pool",
+        type=_choices(POOLS),
+        default=None,
+        help="MAML Conv4 variant: stride (MAML's Omniglot net), max (its miniImageNet net, learn2learn's CNN4); "
+        "comma-separated (default stride,max on omniglot, max on miniimagenet)",
     )
     p.add_argument(
         "--order",
@@ -168,35 +217,52 @@ def configs(args: argparse.Namespace) -> list[dict]:
     out = []
     for w in workloads:
         d = _DEFAULTS[w]
-        meta_batches = args.meta_batch or [d["meta_batch"]]
-        if w in EPISODIC:
-            ways, inner, orders, remat_list = args.ways or [5, 20], [0], ["none"], [False]
-        else:
-            ways = (args.ways or [5]) if w == "maml-omniglot" else [1]
-            inner, remat_list = args.inner_steps or [d["inner_steps"]], remats
-            orders = ["second"] if w == "maml-sinusoid" else args.order
-        conv_impls = ["none"] if w == "maml-sinusoid" else args.conv_impl
-        spc = args.steps_per_call or d["steps_per_call"]
-        for mb, k, n_ways, order in itertools.product(meta_batches, inner, ways, orders):
-            base = dict(
-                workload=w,
-                meta_batch=mb,
-                inner_steps=k,
-                ways=n_ways,
-                order=order,
-                steps=args.steps,
-                warmup=args.warmup,
-                matmul_size=args.matmul_size,
-                threads=args.threads,
-            )
-            if not args.torch_only:
-                for tb, ci, rm, dt in itertools.product(args.task_batching, conv_impls, remat_list, args.dtype):
-                    out.append(
-                        dict(base, impl="jax", task_batching=tb, conv_impl=ci, remat=rm, dtype=dt, steps_per_call=spc)
-                    )
-            if (args.torch or args.torch_only) and w in TORCH_WORKLOADS:
-                for impl in TORCH_IMPLS:
-                    out.append(dict(base, impl=impl, steps_per_call=1))
+        # The sinusoid has no images; every other workload is swept over --image.
+        for image in ["none"] if w == "maml-sinusoid" else args.image:
+            spec = _IMAGE_SPECS.get(image, {})
+            shots_list = [10] if w == "maml-sinusoid" else (args.shots or spec["shots"])
+            if w in EPISODIC:
+                ways, inner, orders, remat_list = args.ways or spec["episodic_ways"], [0], ["none"], [False]
+                meta_batches, pools, queries, filters = args.meta_batch or [1], ["max"], 15, spec["filters"]
+            elif w == "maml-omniglot":
+                maml = _MAML_SPECS[image]
+                ways, inner, orders = args.ways or [5], args.inner_steps or [maml["inner_steps"]], args.order
+                meta_batches, pools = args.meta_batch or [maml["meta_batch"]], args.pool or maml["pools"]
+                queries, filters, remat_list = maml["queries"], spec["filters"], remats
+            else:
+                ways, inner, orders, remat_list = [1], args.inner_steps or [d["inner_steps"]], ["second"], remats
+                meta_batches, pools, queries, filters = args.meta_batch or [d["meta_batch"]], ["none"], 10, 0
+            conv_impls = ["none"] if w == "maml-sinusoid" else args.conv_impl
+            spc = args.steps_per_call or d["steps_per_call"]
+            for pool, shots, mb, k, n_ways, order in itertools.product(
+                pools, shots_list, meta_batches, inner, ways, orders
+            ):
+                base = dict(
+                    workload=w,
+                    image=image,
+                    pool=pool,
+                    filters=filters,
+                    shots=shots,
+                    queries=queries,
+                    meta_batch=mb,
+                    inner_steps=k,
+                    ways=n_ways,
+                    order=order,
+                    steps=args.steps,
+                    warmup=args.warmup,
+                    matmul_size=args.matmul_size,
+                    threads=args.threads,
+                )
+                if not args.torch_only:
+                    for tb, ci, rm, dt in itertools.product(args.task_batching, conv_impls, remat_list, args.dtype):
+                        out.append(
+                            dict(
+                                base, impl="jax", task_batching=tb, conv_impl=ci, remat=rm, dtype=dt, steps_per_call=spc
+                            )
+                        )
+                if (args.torch or args.torch_only) and w in TORCH_WORKLOADS:
+                    for impl in TORCH_IMPLS:
+                        out.append(dict(base, impl=impl, steps_per_call=1))
     return out
 
 
@@ -225,7 +291,7 @@ def run(args: argparse.Namespace) -> list[dict]:
 
     emit({"kind": "machine", **machine_info(torch=args.torch or args.torch_only)})
     for config in configs(args):
-        emit(_run_one(config) if args.in_process else _run_isolated(config))
+        emit(_run_one(config, in_process=True) if args.in_process else _run_isolated(config))
     for record in ratios(results):
         emit(record)
     return results
@@ -248,8 +314,14 @@ def _run_isolated(config: dict) -> dict:
 
 
 def ratios(results: list[dict]) -> list[dict]:
-    """For each PyTorch result, the JAX default configuration's speed over it (same workload and shape)."""
-    key = lambda r: (r["workload"], r["meta_batch"], r["inner_steps"], r["ways"], r["order"])
+    """For each PyTorch result, the JAX default configuration's speed and memory against it (same shape).
+
+    Each line holds the speed-up, the JAX step's planned temporaries (XLA's memory analysis)
+    and both sides' peak resident memory, absolute and over the post-set-up baseline.
+    Records written before a shape key existed (``image``, ``pool``, ``shots``) match on
+    the keys they have.
+    """
+    key = lambda r: tuple(r.get(k) for k in SHAPE_KEYS)
     jax_default: dict[tuple, tuple[bool, dict]] = {}
     for r in results:
         if r.get("kind") == "result" and r["impl"] == "jax" and r["dtype"] == "float32" and not r["remat"]:
@@ -266,18 +338,20 @@ def ratios(results: list[dict]) -> list[dict]:
     for r in results:
         if r.get("kind") == "result" and r["impl"] in TORCH_IMPLS and key(r) in jax_default:
             j = jax_default[key(r)][1]
+            shape = {k: r[k] for k in SHAPE_KEYS if k in r}
             out.append(
                 {
                     "kind": "ratio",
-                    "workload": r["workload"],
-                    "meta_batch": r["meta_batch"],
-                    "inner_steps": r["inner_steps"],
-                    "ways": r["ways"],
-                    "order": r["order"],
+                    **shape,
                     "jax": f"{j['task_batching']}/{j['conv_impl']}",
                     "reference": r["impl"],
                     "speedup": j["tasks_per_s"] / r["tasks_per_s"],
                     "peak_rss_delta_ratio": j["peak_rss_delta_mb"] / max(r["peak_rss_delta_mb"], 1e-9),
+                    "jax_xla_temporaries_mb": (j.get("xla_memory_mb") or {}).get("temporaries"),
+                    "jax_peak_rss_mb": j.get("peak_rss_mb"),
+                    "jax_peak_rss_delta_mb": j["peak_rss_delta_mb"],
+                    "reference_peak_rss_mb": r.get("peak_rss_mb"),
+                    "reference_peak_rss_delta_mb": r["peak_rss_delta_mb"],
                 }
             )
     return out
@@ -321,6 +395,16 @@ def _have_torch() -> bool:
     return importlib.util.find_spec("torch") is not None
 
 
+def _reset_peak_rss() -> bool:
+    """Reset this process's peak resident memory to its current one (Linux ``clear_refs``); False if not possible."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
 def _rss_mb() -> tuple[float, float]:
     """``(current, peak)`` resident memory of this process in MiB (Linux), else ``(nan, nan)``."""
     try:
@@ -355,10 +439,42 @@ def matmul_peak_gflops(n: int = 2048, repeats: int = 5) -> float:
     return 2 * n**3 / float(np.median(times)) / 1e9
 
 
-def _images(classes: int = 100, examples: int = 20, size: int = 28):
+def _images(image: str = "omniglot"):
+    """Random uint8 images ``[classes, examples, H, W, C]`` of ``image``'s shape (see ``--image``)."""
     import numpy as np
 
-    return np.random.default_rng(0).integers(0, 256, (classes, examples, size, size, 1), dtype=np.uint8)
+    spec = _IMAGE_SPECS[image]
+    shape = (spec["classes"], spec["examples"], spec["size"], spec["size"], spec["channels"])
+    return np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8)
+
+
+def shape_of(config: dict) -> dict:
+    """The Conv4 and episode sizes of a configuration, with the defaults of records that predate them.
+
+    ``{"image", "pool", "filters", "shots", "queries", "size", "channels", "features", "inner_lr"}``;
+    ``features`` is the flattened Conv4 output (SAME padding halves each side, rounding up, four times).
+    """
+    w = config["workload"]
+    image = config.get("image") or "omniglot"
+    spec = _IMAGE_SPECS[image if image != "none" else "omniglot"]
+    maml = _MAML_SPECS[image if image != "none" else "omniglot"]
+    pool = config.get("pool") or ("stride" if w == "maml-omniglot" else "max")
+    filters = config.get("filters") or spec["filters"]
+    queries = config.get("queries") or (maml["queries"] if w == "maml-omniglot" else 15)
+    side = spec["size"]
+    for _ in range(4):
+        side = -(-side // 2)
+    return dict(
+        image=image,
+        pool=pool,
+        filters=filters,
+        shots=config.get("shots") or 1,
+        queries=queries,
+        size=spec["size"],
+        channels=spec["channels"],
+        features=filters * side * side,
+        inner_lr=maml["inner_lr"],
+    )
 
 
 # ----------------------------------------------------------------------------- JAX
@@ -386,34 +502,27 @@ def jax_setup(config: dict):
         )
         learner = dataclasses.replace(registry.build("maml", spec), remat=config["remat"])
         return learner, tasks.Sinusoid(shots=10)
+    shape = shape_of(config)
+    task = tasks.FewShot(_images(shape["image"]), ways=config["ways"], shots=shape["shots"], queries=shape["queries"])
+    conv4 = lambda out: models.Conv4(filters=shape["filters"], out=out, pool=shape["pool"], impl=impl, dtype=dtype)
     if w == "maml-omniglot":
         spec = registry.Spec(
-            "classification",
-            config["ways"],
-            lambda out: models.Conv4(filters=64, out=out, pool="stride", impl=impl, dtype=dtype),
-            inner_lr=0.4,
-            inner_steps=config["inner_steps"],
+            "classification", config["ways"], conv4, inner_lr=shape["inner_lr"], inner_steps=config["inner_steps"]
         )
         name = "maml" if config["order"] == "second" else "fomaml"
         learner = dataclasses.replace(registry.build(name, spec), remat=config["remat"])
-        return learner, tasks.FewShot(_images(), ways=config["ways"], shots=1, queries=5)
-    spec = registry.Spec(
-        "classification",
-        config["ways"],
-        lambda out: models.Conv4(filters=64, out=out, pool="max", impl=impl, dtype=dtype),
-    )
-    name = w.removesuffix("-omniglot")
-    return registry.build(name, spec), tasks.FewShot(_images(), ways=config["ways"], shots=1, queries=15)
+        return learner, task
+    return registry.build(w.removesuffix("-omniglot"), registry.Spec("classification", config["ways"], conv4)), task
 
 
-def _run_one(config: dict) -> dict:
+def _run_one(config: dict, in_process: bool = False) -> dict:
     if config["impl"] == "jax":
-        return run_jax(config)
-    return run_torch(config)
+        return run_jax(config, in_process)
+    return run_torch(config, in_process)
 
 
-def run_jax(config: dict) -> dict:
-    """Measure one JAX configuration; returns its JSON record."""
+def run_jax(config: dict, in_process: bool = False) -> dict:
+    """Measure one JAX configuration; returns its JSON record (``in_process``: other configurations ran before)."""
     import jax
     import numpy as np
     import optax
@@ -422,6 +531,7 @@ def run_jax(config: dict) -> dict:
     from metajax.training import first_episode, init_state, make_train_step
 
     peak = matmul_peak_gflops(config.get("matmul_size", 2048))
+    peak_scope = _peak_rss_scope(in_process)
     learner, task = jax_setup(config)
     conv_impl = default_conv_impl() if config["conv_impl"] == "auto" else config["conv_impl"]
     mb, spc = config["meta_batch"], config["steps_per_call"]
@@ -478,9 +588,27 @@ def run_jax(config: dict) -> dict:
         rss_setup_mb=rss_setup,
         peak_rss_mb=rss_peak,
         peak_rss_delta_mb=rss_peak - rss_setup,
+        peak_rss_scope=peak_scope,
+        device_memory_mb=_device_peak_mb(),
         load_avg_1min=os.getloadavg()[0],
     )
     return record
+
+
+def _peak_rss_scope(in_process: bool) -> str:
+    """``"process"`` in a fresh worker; in-process, ``"config"`` when the peak counter could be reset."""
+    if not in_process:
+        return "process"
+    return "config" if _reset_peak_rss() else "process (not reset: several configurations mix)"
+
+
+def _device_peak_mb() -> float | None:
+    """Peak memory in use on JAX's first device (MiB) where the backend reports it (GPU, TPU); else None."""
+    import jax
+
+    stats = jax.devices()[0].memory_stats() or {}
+    peak = stats.get("peak_bytes_in_use")
+    return None if peak is None else peak / 2**20
 
 
 def _flops(compiled) -> float:
@@ -508,7 +636,7 @@ def _speed(times: list[float], median: float, tasks: int, steps: int, flops: flo
 # ----------------------------------------------------------------------------- PyTorch references
 
 
-def run_torch(config: dict) -> dict:
+def run_torch(config: dict, in_process: bool = False) -> dict:
     """Measure one PyTorch reference (``torch-loop`` or ``torch-func``); returns its JSON record.
 
     FLOPs per step are XLA's count for the same workload (the same arithmetic), so that
@@ -522,6 +650,7 @@ def run_torch(config: dict) -> dict:
     from metajax.training import first_episode
 
     peak = matmul_peak_gflops(config.get("matmul_size", 2048))
+    peak_scope = _peak_rss_scope(in_process)
     jax_cfg = dict(config, task_batching="vmap", conv_impl="xla", remat=False, dtype="float32")
     learner, task = jax_setup(jax_cfg)
     episode = first_episode(task, jax.random.key(1))
@@ -544,6 +673,8 @@ def run_torch(config: dict) -> dict:
         rss_setup_mb=rss_setup,
         peak_rss_mb=rss_peak,
         peak_rss_delta_mb=rss_peak - rss_setup,
+        peak_rss_scope=peak_scope,
+        device_memory_mb=torch.cuda.max_memory_allocated() / 2**20 if bench_torch.DEVICE.type == "cuda" else None,
         load_avg_1min=os.getloadavg()[0],
     )
     return record

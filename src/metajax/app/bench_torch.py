@@ -10,7 +10,12 @@ Two formulations of each meta-step, both with Adam on the meta-parameters:
 
 The networks are those of the JAX workloads: MLP 1-40-40-1; Conv4 with 3x3 convolutions,
 batch normalisation with the batch's statistics (no running averages), ReLU, and stride 2
-(MAML Omniglot, padded as XLA's ``SAME``) or 2x2 max-pooling (ProtoNets).
+(padded as XLA's ``SAME``) or 2x2 max-pooling (``SAME``: odd sides rounded up), with the
+configuration's filters and input channels (Conv4-64 on 28x28x1, Conv4-32 on 84x84x3).
+MAML uses either variant (``pool``); ProtoNets and Matching Networks the max-pooled one.
+Matching Networks are the registry's default learner: cosine attention of each query over
+the support embeddings (no full-context embeddings, temperature 1), and the queries'
+negative log-likelihood ``-log(P(y | x, S) + 1e-8)``.
 
 Parameters and data live on :data:`DEVICE` (CUDA when PyTorch sees a GPU, else the CPU);
 on CUDA each step ends with ``torch.cuda.synchronize()`` so that its time is the work's.
@@ -99,6 +104,8 @@ def _tensor(a) -> torch.Tensor:
 
 
 def _make_step(config: dict, batch):
+    from metajax.app.bench import shape_of
+
     workload, impl = config["workload"], config["impl"]
     as_images = lambda a: _tensor(np.moveaxis(np.asarray(a), -1, -3))
     net: Callable[[list[torch.Tensor], torch.Tensor], torch.Tensor]
@@ -110,13 +117,19 @@ def _make_step(config: dict, batch):
         sx, qx = as_images(batch.support_x), as_images(batch.query_x)
         sy, qy = (_tensor(a).long() for a in (batch.support_y, batch.query_y))
         loss_fn = F.cross_entropy
+        shape = shape_of(config)
         if workload == "maml-omniglot":
-            params = conv4_params(config["ways"], features=64 * 2 * 2)
-            net = lambda p, x: conv4(p, x, "stride")
-            lr, second = 0.4, config["order"] == "second"
+            params = conv4_params(config["ways"], shape["filters"], shape["channels"], shape["features"])
+            net = lambda p, x: conv4(p, x, shape["pool"])
+            lr, second = shape["inner_lr"], config["order"] == "second"
         else:
-            params = conv4_params(None)
-            return _protonet_step(params, config["ways"], (sx, sy, qx, qy), impl)
+            params = conv4_params(None, shape["filters"], shape["channels"])
+            losses = {"protonet-omniglot": protonet_loss, "matchingnet-omniglot": matchingnet_loss}
+            if workload not in losses:
+                raise ValueError(f"no PyTorch reference of {workload!r}")
+            task_loss = lambda p, *data: losses[workload](p, config["ways"], *data)
+            optimizer = torch.optim.Adam(params, lr=1e-3)
+            return _outer_step(task_loss, params, (sx, sy, qx, qy), optimizer, impl)
     optimizer = torch.optim.Adam(params, lr=1e-3)
     steps = config["inner_steps"]
 
@@ -134,18 +147,24 @@ def _make_step(config: dict, batch):
     return _outer_step(task_loss, params, (sx, sy, qx, qy), optimizer, impl)
 
 
-def _protonet_step(params, ways: int, data, impl: str):
-    sx, sy, qx, qy = data
-    optimizer = torch.optim.Adam(params, lr=1e-3)
+def protonet_loss(p, ways: int, sx, sy, qx, qy) -> torch.Tensor:
+    """Prototypical Networks' query loss of one task (support and queries embedded as separate batches)."""
+    support, queries = conv4(p, sx, "max"), conv4(p, qx, "max")
+    one_hot = F.one_hot(sy, ways).to(support.dtype)
+    prototypes = one_hot.T @ support / one_hot.sum(0).clamp(min=1.0)[:, None]
+    logits = -((queries[:, None, :] - prototypes[None]) ** 2).sum(-1)
+    return F.cross_entropy(logits, qy)
 
-    def task_loss(p, sx, sy, qx, qy):
-        support, queries = conv4(p, sx, "max"), conv4(p, qx, "max")
-        one_hot = F.one_hot(sy, ways).to(support.dtype)
-        prototypes = one_hot.T @ support / one_hot.sum(0).clamp(min=1.0)[:, None]
-        logits = -((queries[:, None, :] - prototypes[None]) ** 2).sum(-1)
-        return F.cross_entropy(logits, qy)
 
-    return _outer_step(task_loss, params, data, optimizer, impl)
+def matchingnet_loss(p, ways: int, sx, sy, qx, qy) -> torch.Tensor:
+    """Matching Networks' query negative log-likelihood of one task, as ``metajax.MatchingNet(fce=False)``."""
+    g, f = conv4(p, sx, "max"), conv4(p, qx, "max")
+    g = g / g.norm(dim=-1, keepdim=True).clamp(min=1e-8)
+    f = f / f.norm(dim=-1, keepdim=True).clamp(min=1e-8)
+    attention = torch.softmax(f @ g.T, dim=-1)
+    probabilities = attention @ F.one_hot(sy, ways).to(g.dtype)
+    log_probabilities = torch.log(probabilities + 1e-8)
+    return -log_probabilities.gather(1, qy[:, None]).mean()
 
 
 def _outer_step(task_loss, params, data, optimizer, impl: str):
@@ -160,6 +179,7 @@ def _outer_step(task_loss, params, data, optimizer, impl: str):
                 (task_loss(params, sx[t], sy[t], qx[t], qy[t]) / tasks).backward()
             optimizer.step()
 
+        step.params = params  # for tests: the meta-parameters the step updates
         return step
 
     def batch_loss(p):
@@ -171,4 +191,5 @@ def _outer_step(task_loss, params, data, optimizer, impl: str):
             p.grad = g
         optimizer.step()
 
+    func_step.params = params
     return func_step
