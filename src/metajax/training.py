@@ -444,6 +444,12 @@ def _program(rebuild_task, learner, optimizer, meta_batch, steps_per_call, task_
             s, metrics = one(s, batch)
             return s, {**metrics, "state_finite": all_finite((s.params, s.opt_state, s.model_state))}
 
+        if steps_per_call == 1:
+            # No loop around a single step: XLA's CPU backend compiles the gradients of its
+            # own convolutions inside a loop body (even one it later removes) to generic
+            # loops several times slower than outside one (docs/performance.md).
+            state, metrics = body(state, None if batches is None else batches[0])
+            return state, jax.tree.map(lambda m: m[None], metrics)
         # A feed's batches, one per step, become the scan's inputs (stacked on the device).
         fed = None if batches is None else jax.tree.map(lambda *b: jnp.stack(b), *batches)
         return jax.lax.scan(body, state, fed, length=steps_per_call)

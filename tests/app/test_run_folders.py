@@ -138,7 +138,7 @@ def test_continual_keeps_a_finished_run_unless_overwritten(tmp_path, capsys):
     before = _snapshot(out)
     with pytest.raises(SystemExit) as info:
         cli.main([*argv[:-3], "ewc", "--out", str(out)])
-    assert info.value.code == 2 and "already holds a run (metrics.json)" in capsys.readouterr().err
+    assert info.value.code == 2 and "already holds a run (metrics.json" in capsys.readouterr().err
     assert _snapshot(out) == before
     assert cli.main([*argv[:-3], "ewc", "--out", str(out), "--overwrite"]) == 0
     assert list(json.loads((out / "metrics.json").read_text())["learners"]) == ["ewc"]

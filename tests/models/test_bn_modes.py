@@ -40,14 +40,23 @@ def _hand_conv4(params, x, filters_stride=2):
     return x @ params["Dense_0"]["kernel"] + params["Dense_0"]["bias"][None]
 
 
-def test_transductive_mode_is_todays_network_bit_for_bit():
+def test_channel_mean_is_the_mean_over_every_axis_but_the_last():
+    x = np.random.default_rng(0).normal(3.0, 2.0, (7, 5, 4, 6)).astype(np.float32)
+    got = models.layers.channel_mean(jnp.asarray(x))
+    assert got.shape == (1, 1, 1, 6)
+    np.testing.assert_allclose(got, x.astype(np.float64).mean(axis=(0, 1, 2), keepdims=True), rtol=1e-6)
+    np.testing.assert_allclose(models.layers.channel_mean(jnp.asarray(x[:, 0, 0])), x[:, 0, 0].mean(0, keepdims=True), rtol=1e-6)
+
+
+def test_transductive_mode_is_the_hand_written_network():
     net = models.Conv4(filters=4, out=3, pool="stride", impl="xla")
     assert net.bn == "transductive" and net == models.Conv4(
         filters=4, out=3, pool="stride", impl="xla", bn="transductive"
     )
     params = net.init(jax.random.key(1), X)["params"]
     params = jax.tree.map(lambda p: p + 0.1 * jax.random.normal(jax.random.key(2), p.shape), params)  # non-trivial BN
-    np.testing.assert_array_equal(net.apply({"params": params}, X), _hand_conv4(params, X))
+    # Equal up to float summation order: the library takes the means as products with ones.
+    np.testing.assert_allclose(net.apply({"params": params}, X), _hand_conv4(params, X), rtol=1e-5, atol=1e-6)
 
 
 def _backbones(bn, **kwargs):

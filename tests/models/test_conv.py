@@ -8,7 +8,7 @@ from jax import lax
 
 import metajax
 from metajax import losses, models, tasks
-from metajax.models.conv import default_conv_impl, patch_conv, reshape_max_pool
+from metajax.models.conv import conv_function, default_conv_impl, patch_conv, reshape_max_pool
 
 
 @pytest.mark.parametrize(
@@ -65,13 +65,14 @@ def _episodes(n=2):
 
 
 @pytest.mark.parametrize(
-    ("pool", "order"),
-    [("max", metajax.SecondOrder()), ("stride", metajax.FirstOrder())],
-    ids=["max-second", "stride-first"],
+    ("pool", "order", "impl"),
+    [("max", metajax.SecondOrder(), "patches"), ("stride", metajax.FirstOrder(), "patches"),
+     ("max", metajax.FirstOrder(), "mixed")],  # fmt: skip
+    ids=["max-second-patches", "stride-first-patches", "max-first-mixed"],
 )
-def test_conv4_patches_matches_xla_in_maml_meta_gradient(pool, order):
+def test_conv4_formulations_match_xla_in_maml_meta_gradient(pool, order, impl):
     episodes = _episodes()
-    xla, patches = _maml("xla", pool, order=order), _maml("patches", pool, order=order)
+    xla, patches = _maml("xla", pool, order=order), _maml(impl, pool, order=order)
     one = jax.tree.map(lambda a: a[0], episodes)
     params = xla.init(jax.random.key(1), one)
     patches_shapes = jax.tree.map(jnp.shape, patches.init(jax.random.key(1), one))
@@ -91,9 +92,15 @@ def test_conv4_patches_matches_xla_in_maml_meta_gradient(pool, order):
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-3, atol=2e-5), g1, g2)
 
 
+def test_mixed_computes_only_the_image_layer_as_patches():
+    assert conv_function("mixed", 1) is patch_conv and conv_function("mixed", 3) is patch_conv
+    assert conv_function("mixed", 64) is None and conv_function("xla", 1) is None
+    assert conv_function("patches", 64) is patch_conv
+
+
 def test_conv4_impl_default_and_validation():
     assert default_conv_impl() == ("patches" if jax.default_backend() == "cpu" else "xla")
-    with pytest.raises(ValueError, match="Conv4.impl must be one of 'xla', 'patches'"):
+    with pytest.raises(ValueError, match="Conv4.impl must be one of 'xla', 'patches', 'mixed'"):
         models.Conv4(filters=4, impl="cudnn").init(jax.random.key(0), jnp.zeros((1, 28, 28, 1)))
 
 

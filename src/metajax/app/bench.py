@@ -163,9 +163,9 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--conv-impl",
-        type=_choices(("auto", "xla", "patches")),
+        type=_choices(("auto", "xla", "patches", "mixed")),
         default=["auto"],
-        help="Conv4 convolutions: auto (per backend), xla, patches; comma-separated sweep",
+        help="Conv4 convolutions: auto (per backend), xla, patches, mixed; comma-separated sweep",
     )
     p.add_argument("--remat", choices=("off", "on", "both"), default="off", help="jax.checkpoint on the inner loop")
     p.add_argument("--dtype", type=_choices(("float32", "bfloat16")), default=["float32"], help="compute dtype")

@@ -11,7 +11,11 @@ from jax import lax
 
 from metajax.models.layers import batch_norm, check_bn, stack_context
 
-CONV_IMPLS = ("xla", "patches")
+CONV_IMPLS = ("xla", "patches", "mixed")
+
+# "mixed" computes a convolution with at most this many input channels (the image layer) as
+# patches x matmul and every wider one with XLA's convolution.
+MIXED_PATCH_CHANNELS = 3
 
 
 def default_conv_impl() -> str:
@@ -88,6 +92,32 @@ def patch_conv(
     return out.reshape(n, oh, ow, f)
 
 
+def check_impl(owner: str, impl: str | None) -> str:
+    """``impl``, or :func:`default_conv_impl` for ``None``; ``ValueError`` naming ``owner.impl`` unless in :data:`CONV_IMPLS`."""
+    chosen = default_conv_impl() if impl is None else impl
+    if chosen not in CONV_IMPLS:
+        raise ValueError(f"{owner}.impl must be one of {', '.join(map(repr, CONV_IMPLS))} or None, got {impl!r}.")
+    return chosen
+
+
+def conv_function(impl: str, in_channels: int):
+    """The ``conv_general_dilated`` of a ``flax.linen.Conv`` with ``in_channels`` inputs under ``impl``.
+
+    :func:`patch_conv` for ``"patches"``, and for ``"mixed"`` when ``in_channels`` is at most
+    :data:`MIXED_PATCH_CHANNELS`; ``None`` (XLA's convolution) otherwise.
+    """
+    if impl == "patches" or (impl == "mixed" and in_channels <= MIXED_PATCH_CHANNELS):
+        return patch_conv
+    return None
+
+
+def max_pool(impl: str, x: jax.Array) -> jax.Array:
+    """2x2 max-pooling with stride 2, ``SAME``: :func:`reshape_max_pool` unless ``impl`` is ``"xla"``."""
+    if impl == "xla":
+        return nn.max_pool(x, (2, 2), strides=(2, 2), padding="SAME")
+    return reshape_max_pool(x)
+
+
 def reshape_max_pool(x: jax.Array) -> jax.Array:
     """2x2 max-pooling with stride 2 and ``SAME`` padding, as a reshape, an argmax and a select.
 
@@ -125,9 +155,13 @@ class Conv4(nn.Module):
         pool: ``"max"`` or ``"stride"``.
         impl: how convolutions and pooling are computed: ``"xla"``
             (``lax.conv_general_dilated`` and ``reduce_window`` max-pooling), ``"patches"``
-            (:func:`patch_conv`, slices x matmul, and :func:`reshape_max_pool`) or ``None``
-            for :func:`default_conv_impl` of the backend. Same parameters and the same
-            function either way (to float rounding); only the speed differs.
+            (:func:`patch_conv`, slices x matmul, and :func:`reshape_max_pool`), ``"mixed"``
+            (patches for the image layer, XLA's convolution for the wider ones,
+            :func:`reshape_max_pool`; fastest on CPU when the network is not run inside a
+            loop, e.g. ProtoNets with one episode per step, and several times slower inside
+            one, see ``docs/performance.md``) or ``None`` for :func:`default_conv_impl` of
+            the backend. Same parameters and the same function either way (to float
+            rounding); only the speed differs.
         dtype: computation dtype, e.g. ``jnp.bfloat16`` for mixed precision; parameters
             stay float32, batch statistics are taken in float32, outputs are float32.
         bn: the batch-normalisation mode (``metajax.models.layers.BN_MODES``):
@@ -175,26 +209,20 @@ class Conv4(nn.Module):
         check_bn("Conv4", self.bn, self.bn_steps, self.bn_momentum, use_running_average)
         if self.pool not in ("max", "stride"):
             raise ValueError(f"Conv4.pool must be 'max' or 'stride', got {self.pool!r}.")
-        impl = default_conv_impl() if self.impl is None else self.impl
-        if impl not in CONV_IMPLS:
-            raise ValueError(
-                f"Conv4.impl must be one of {', '.join(map(repr, CONV_IMPLS))} or None, got {self.impl!r}."
-            )
+        impl = check_impl("Conv4", self.impl)
         if x.ndim != 4:
             raise ValueError(f"Conv4 expects inputs [examples, H, W, C], got shape {x.shape}.")
         x, rows = stack_context("Conv4", self.bn, x, context)
         stride = 2 if self.pool == "stride" else 1
-        conv = patch_conv if impl == "patches" else None
         norm = batch_norm(self.bn, self.bn_steps, self.bn_momentum)
         for _ in range(4):
+            conv = conv_function(impl, x.shape[-1])
             x = nn.Conv(
                 self.filters, (3, 3), strides=stride, padding="SAME", dtype=self.dtype, conv_general_dilated=conv
             )(x)
             x = nn.relu(norm()(x, context_rows=rows, step=step, use_running_average=use_running_average))
-            if self.pool == "max" and impl == "patches":
-                x = reshape_max_pool(x)
-            elif self.pool == "max":
-                x = nn.max_pool(x, (2, 2), strides=(2, 2), padding="SAME")
+            if self.pool == "max":
+                x = max_pool(impl, x)
         x = x[rows:].reshape(x.shape[0] - rows, -1)
         if self.out is not None:
             x = nn.Dense(self.out, dtype=self.dtype)(x)

@@ -19,6 +19,21 @@ import jax.numpy as jnp
 BN_MODES = ("transductive", "support", "per_step", "running")
 
 
+def channel_mean(x: jax.Array) -> jax.Array:
+    """The mean of ``x [N, ..., C]`` over every axis but the last, shaped ``[1, ..., 1, C]``.
+
+    Computed as a product with a vector of ones (``ones [M] @ x.reshape(M, C)``) rather
+    than a reduction: XLA's CPU backend runs this reduction into the minor axis, and the
+    reductions its gradient needs, several times slower than a matrix-vector product, and
+    fuses them badly with the pooling that follows in a block (measured in
+    ``docs/performance.md``). Same value up to float summation order (``HIGHEST``
+    precision, so accelerators do not round the operands to bf16 or TF32).
+    """
+    rows = x.reshape(-1, x.shape[-1])
+    total = jnp.dot(jnp.ones((rows.shape[0],), x.dtype), rows, precision=jax.lax.Precision.HIGHEST)
+    return (total / rows.shape[0]).reshape((1,) * (x.ndim - 1) + (x.shape[-1],))
+
+
 class BatchStatNorm(nn.Module):
     """Batch normalisation with batch statistics, and optionally their running averages.
 
@@ -64,7 +79,6 @@ class BatchStatNorm(nn.Module):
         # the parameters are at least float32.
         dtype = jnp.promote_types(x.dtype, jnp.float32)
         h = x.astype(dtype)
-        axes = tuple(range(h.ndim - 1))
         channels = (1,) * (h.ndim - 1) + (h.shape[-1],)
         if use_running_average and not self.running:
             raise ValueError("BatchStatNorm(use_running_average=True) needs running=True (the averages it keeps).")
@@ -76,8 +90,8 @@ class BatchStatNorm(nn.Module):
             mean, var = (v.value.astype(dtype).reshape(channels) for v in (avg_mean, avg_var))
         else:
             ref = h[:context_rows] if context_rows else h
-            mean = jnp.mean(ref, axis=axes, keepdims=True)
-            var = jnp.mean(jnp.square(ref - mean), axis=axes, keepdims=True)
+            mean = channel_mean(ref)
+            var = channel_mean(jnp.square(ref - mean))
             if keeps and not self.is_initializing():
                 for average, batch in ((avg_mean, mean), (avg_var, var)):
                     batch = jax.lax.stop_gradient(batch).reshape(-1).astype(jnp.float32)

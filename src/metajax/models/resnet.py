@@ -8,7 +8,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from metajax.models.conv import CONV_IMPLS, default_conv_impl, patch_conv, reshape_max_pool
+from metajax.models.conv import check_impl, conv_function, max_pool
 from metajax.models.layers import batch_norm, check_bn, stack_context
 
 
@@ -26,7 +26,7 @@ class ResNet12(nn.Module):
     Attributes:
         channels: filters of the four blocks (default ``(64, 160, 320, 640)``).
         out: number of output logits, or ``None`` for the embedding.
-        impl: ``"xla"``, ``"patches"`` or ``None`` (the backend's default), as in :class:`Conv4`.
+        impl: ``"xla"``, ``"patches"``, ``"mixed"`` or ``None`` (the backend's default), as in :class:`Conv4`.
         dtype: computation dtype (e.g. ``jnp.bfloat16``); parameters stay float32.
         bn: the batch-normalisation mode, as :class:`Conv4`'s.
         bn_steps: inner steps with their own batch-norm weights (``bn="per_step"``).
@@ -61,22 +61,17 @@ class ResNet12(nn.Module):
         ``context``, ``step`` and ``use_running_average`` as in :class:`Conv4`.
         """
         check_bn("ResNet12", self.bn, self.bn_steps, self.bn_momentum, use_running_average)
-        impl = default_conv_impl() if self.impl is None else self.impl
-        if impl not in CONV_IMPLS:
-            raise ValueError(
-                f"ResNet12.impl must be one of {', '.join(map(repr, CONV_IMPLS))} or None, got {self.impl!r}."
-            )
+        impl = check_impl("ResNet12", self.impl)
         if x.ndim != 4:
             raise ValueError(f"ResNet12 expects inputs [examples, H, W, C], got shape {x.shape}.")
         if len(self.channels) != 4:
             raise ValueError(f"ResNet12.channels must hold 4 block widths, got {tuple(self.channels)}.")
-        conv_fn = patch_conv if impl == "patches" else None
         x, rows = stack_context("ResNet12", self.bn, x, context)
         norm = batch_norm(self.bn, self.bn_steps, self.bn_momentum)
 
         def conv(features, size, h):
             layer = nn.Conv(features, (size, size), padding="SAME", use_bias=False, dtype=self.dtype,
-                            conv_general_dilated=conv_fn)  # fmt: skip
+                            conv_general_dilated=conv_function(impl, h.shape[-1]))  # fmt: skip
             return norm()(layer(h), context_rows=rows, step=step, use_running_average=use_running_average)
 
         for features in self.channels:
@@ -86,7 +81,7 @@ class ResNet12(nn.Module):
                 if i < 2:
                     h = nn.leaky_relu(h, 0.1)
             x = nn.leaky_relu(h + conv(features, 1, x), 0.1)
-            x = reshape_max_pool(x) if impl == "patches" else nn.max_pool(x, (2, 2), strides=(2, 2), padding="SAME")
+            x = max_pool(impl, x)
         x = jnp.mean(x[rows:], axis=(1, 2))
         if self.out is not None:
             x = nn.Dense(self.out, dtype=self.dtype)(x)
