@@ -157,11 +157,11 @@ class Conv4(nn.Module):
             (``lax.conv_general_dilated`` and ``reduce_window`` max-pooling), ``"patches"``
             (:func:`patch_conv`, slices x matmul, and :func:`reshape_max_pool`), ``"mixed"``
             (patches for the image layer, XLA's convolution for the wider ones,
-            :func:`reshape_max_pool`; fastest on CPU when the network is not run inside a
-            loop, e.g. ProtoNets with one episode per step, and several times slower inside
-            one, see ``docs/performance.md``) or ``None`` for :func:`default_conv_impl` of
-            the backend. Same parameters and the same function either way (to float
-            rounding); only the speed differs.
+            :func:`reshape_max_pool`; on CPU measured faster than ``"patches"`` for 5-way
+            ProtoNets with one episode per step, slower for 20-way and Matching Networks, and
+            several times slower inside a loop, see ``docs/performance.md``) or ``None`` for
+            :func:`default_conv_impl` of the backend. Same parameters and the same function
+            either way (to float rounding); only the speed differs.
         dtype: computation dtype, e.g. ``jnp.bfloat16`` for mixed precision; parameters
             stay float32, batch statistics are taken in float32, outputs are float32.
         bn: the batch-normalisation mode (``metajax.models.layers.BN_MODES``):
