@@ -122,32 +122,39 @@ def test_sine_stream_defaults_stay_finite(tmp_path):
     assert metrics["config"]["lr"] == 0.003 and metrics["config"]["ewc_strength"] == 1.0
 
 
-def test_killed_run_resumes_to_the_same_results(tmp_path, data_root, monkeypatch):
+def _kill_then_resume(monkeypatch, argv, out, kill_after):
+    """``(partial metrics.json, resumed results)`` of a run killed after the checkpoint where ``kill_after`` holds.
+
+    ``kill_after(checkpointer, state)`` is asked after every ``Checkpointer.maybe_save``.
+    """
     from metajax.checkpoint import Checkpointer
 
+    save = Checkpointer.maybe_save
+
+    def killed(self, state, *args, **kwargs):
+        saved = save(self, state, *args, **kwargs)
+        if kill_after(self, state):
+            raise RuntimeError("killed")
+        return saved
+
+    monkeypatch.setattr(Checkpointer, "maybe_save", killed)
+    with pytest.raises(RuntimeError, match="killed"):
+        continual_cli.run(_parse([*argv, "--out", str(out)]))
+    monkeypatch.undo()
+    partial = json.loads((out / "metrics.json").read_text())
+    return partial, continual_cli.run(_parse([*argv, "--out", str(out), "--resume", str(out)]))
+
+
+def test_killed_run_resumes_to_the_same_results(tmp_path, data_root, monkeypatch):
     argv = ["--learners", "finetune", "oml", "--tasks", "2", "--train-per-task", "20", "--test-per-task", "20",
             "--meta-steps", "20", "--hidden", "8", "--data-root", str(_fashion_root(data_root))]  # fmt: skip
     whole = continual_cli.run(_parse([*argv, "--out", str(tmp_path / "whole")]))
     assert whole["pending"] == [] and whole["learners"]["oml"]["meta_train"]["resumed_from"] == 0
 
-    save = Checkpointer.maybe_save
-
-    def killed_after_step_10(self, state, *args, **kwargs):
-        saved = save(self, state, *args, **kwargs)
-        if int(state.step) == 10:
-            raise RuntimeError("killed")
-        return saved
-
-    monkeypatch.setattr(Checkpointer, "maybe_save", killed_after_step_10)
-    with pytest.raises(RuntimeError, match="killed"):
-        continual_cli.run(_parse([*argv, "--out", str(tmp_path / "killed")]))
-    monkeypatch.undo()
-    partial = json.loads((tmp_path / "killed" / "metrics.json").read_text())
-    assert list(partial["learners"]) == ["finetune"] and partial["pending"] == ["oml"]
-
-    resumed = continual_cli.run(
-        _parse([*argv, "--out", str(tmp_path / "killed"), "--resume", str(tmp_path / "killed")])
+    partial, resumed = _kill_then_resume(
+        monkeypatch, argv, tmp_path / "killed", lambda checkpointer, state: int(state.step) == 10
     )
+    assert list(partial["learners"]) == ["finetune"] and partial["pending"] == ["oml"]
     assert resumed["learners"]["finetune"] == partial["learners"]["finetune"]  # kept, not run again
     assert resumed["learners"]["oml"]["meta_train"]["resumed_from"] == 10
     for name in ("finetune", "oml"):
@@ -164,29 +171,16 @@ def test_killed_run_resumes_to_the_same_results(tmp_path, data_root, monkeypatch
 
 
 def test_pass_killed_mid_stream_resumes_from_its_last_chunk(tmp_path, monkeypatch):
-    from metajax.checkpoint import Checkpointer
-
     argv = ["--stream", "sine", "--learners", "finetune", "replay", "--tasks", "3", "--train-per-task", "8",
             "--test-per-task", "8", "--batch-size", "4", "--hidden", "8", "--chunk-steps", "2"]  # fmt: skip
     whole = continual_cli.run(_parse([*argv, "--out", str(tmp_path / "whole")]))
-    save = Checkpointer.maybe_save
-
-    def killed_in_replays_pass_after_step_4(self, state, *args, **kwargs):
-        saved = save(self, state, *args, **kwargs)
-        if self.directory.name == "stream-replay" and int(state.step) == 4:
-            raise RuntimeError("killed")
-        return saved
-
-    monkeypatch.setattr(Checkpointer, "maybe_save", killed_in_replays_pass_after_step_4)
-    with pytest.raises(RuntimeError, match="killed"):
-        continual_cli.run(_parse([*argv, "--out", str(tmp_path / "killed")]))
-    monkeypatch.undo()
-    partial = json.loads((tmp_path / "killed" / "metrics.json").read_text())
-    assert list(partial["learners"]) == ["finetune"] and partial["pending"] == ["replay"]
-
-    resumed = continual_cli.run(
-        _parse([*argv, "--out", str(tmp_path / "killed"), "--resume", str(tmp_path / "killed")])
+    partial, resumed = _kill_then_resume(
+        monkeypatch,
+        argv,
+        tmp_path / "killed",
+        lambda checkpointer, state: checkpointer.directory.name == "stream-replay" and int(state.step) == 4,
     )
+    assert list(partial["learners"]) == ["finetune"] and partial["pending"] == ["replay"]
     assert resumed["learners"]["replay"]["stream_resumed_from"] == 4
     assert whole["learners"]["replay"]["stream_resumed_from"] == 0
     drop = ("seconds", "stream_resumed_from")

@@ -45,7 +45,8 @@ def test_channel_mean_is_the_mean_over_every_axis_but_the_last():
     got = models.layers.channel_mean(jnp.asarray(x))
     assert got.shape == (1, 1, 1, 6)
     np.testing.assert_allclose(got, x.astype(np.float64).mean(axis=(0, 1, 2), keepdims=True), rtol=1e-6)
-    np.testing.assert_allclose(models.layers.channel_mean(jnp.asarray(x[:, 0, 0])), x[:, 0, 0].mean(0, keepdims=True), rtol=1e-6)
+    rows = x[:, 0, 0]
+    np.testing.assert_allclose(models.layers.channel_mean(jnp.asarray(rows)), rows.mean(0, keepdims=True), rtol=1e-6)
 
 
 def test_transductive_mode_is_the_hand_written_network():

@@ -66,8 +66,11 @@ def _episodes(n=2):
 
 @pytest.mark.parametrize(
     ("pool", "order", "impl"),
-    [("max", metajax.SecondOrder(), "patches"), ("stride", metajax.FirstOrder(), "patches"),
-     ("max", metajax.FirstOrder(), "mixed")],  # fmt: skip
+    [
+        ("max", metajax.SecondOrder(), "patches"),
+        ("stride", metajax.FirstOrder(), "patches"),
+        ("max", metajax.FirstOrder(), "mixed"),
+    ],  # fmt: skip
     ids=["max-second-patches", "stride-first-patches", "max-first-mixed"],
 )
 def test_conv4_formulations_match_xla_in_maml_meta_gradient(pool, order, impl):

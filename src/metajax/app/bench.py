@@ -59,6 +59,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from metajax._io import append_json_line, dumps
 from metajax.app.errors import CommandError, output_file_folder, run_command
@@ -70,14 +71,14 @@ TORCH_WORKLOADS = ("maml-sinusoid", "maml-omniglot", "protonet-omniglot", "match
 IMAGES = ("omniglot", "miniimagenet")
 POOLS = ("stride", "max")
 # The random arrays standing in for each dataset, and the Conv4 and episode sizes used on them.
-_IMAGE_SPECS = {
+_IMAGE_SPECS: dict[str, dict[str, Any]] = {
     "omniglot": dict(size=28, channels=1, classes=100, examples=20, filters=64, shots=[1], episodic_ways=[5, 20]),
     "miniimagenet": dict(
         size=84, channels=3, classes=25, examples=30, filters=32, shots=[1, 5], episodic_ways=[5], queries=15
     ),
 }
 # MAML's settings per image: (meta-batch, inner steps, inner lr, queries per class, default pools).
-_MAML_SPECS = {
+_MAML_SPECS: dict[str, dict[str, Any]] = {
     "omniglot": dict(meta_batch=32, inner_steps=1, inner_lr=0.4, queries=5, pools=["stride", "max"]),
     "miniimagenet": dict(meta_batch=4, inner_steps=5, inner_lr=0.01, queries=15, pools=["max"]),
 }
@@ -85,7 +86,7 @@ _MAML_SPECS = {
 SHAPE_KEYS = ("workload", "image", "pool", "shots", "meta_batch", "inner_steps", "ways", "order")
 JAX_IMPLS = ("jax",)
 TORCH_IMPLS = ("torch-loop", "torch-func")
-_DEFAULTS = {
+_DEFAULTS: dict[str, dict[str, Any]] = {
     "maml-sinusoid": {"meta_batch": 25, "inner_steps": 1, "steps_per_call": 100, "ways": 1},
     "maml-omniglot": {"meta_batch": 32, "inner_steps": 1, "steps_per_call": 1, "ways": 5},
     **{w: {"meta_batch": 1, "inner_steps": 0, "steps_per_call": 1, "ways": 5} for w in EPISODIC},

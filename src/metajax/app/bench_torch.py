@@ -109,6 +109,7 @@ def _make_step(config: dict, batch):
     workload, impl = config["workload"], config["impl"]
     as_images = lambda a: _tensor(np.moveaxis(np.asarray(a), -1, -3))
     net: Callable[[list[torch.Tensor], torch.Tensor], torch.Tensor]
+    loss_fn: Callable[..., torch.Tensor]
     if workload == "maml-sinusoid":
         sx, sy, qx, qy = (_tensor(a) for a in (batch.support_x, batch.support_y, batch.query_x, batch.query_y))
         params, net, loss_fn = mlp_params(), mlp, F.mse_loss
@@ -127,9 +128,9 @@ def _make_step(config: dict, batch):
             losses = {"protonet-omniglot": protonet_loss, "matchingnet-omniglot": matchingnet_loss}
             if workload not in losses:
                 raise ValueError(f"no PyTorch reference of {workload!r}")
-            task_loss = lambda p, *data: losses[workload](p, config["ways"], *data)
+            metric_loss = lambda p, *data: losses[workload](p, config["ways"], *data)
             optimizer = torch.optim.Adam(params, lr=1e-3)
-            return _outer_step(task_loss, params, (sx, sy, qx, qy), optimizer, impl)
+            return _outer_step(metric_loss, params, (sx, sy, qx, qy), optimizer, impl)
     optimizer = torch.optim.Adam(params, lr=1e-3)
     steps = config["inner_steps"]
 
@@ -179,7 +180,7 @@ def _outer_step(task_loss, params, data, optimizer, impl: str):
                 (task_loss(params, sx[t], sy[t], qx[t], qy[t]) / tasks).backward()
             optimizer.step()
 
-        step.params = params  # for tests: the meta-parameters the step updates
+        step.params = params  # type: ignore[attr-defined]  # for tests: the meta-parameters the step updates
         return step
 
     def batch_loss(p):
@@ -191,5 +192,5 @@ def _outer_step(task_loss, params, data, optimizer, impl: str):
             p.grad = g
         optimizer.step()
 
-    func_step.params = params
+    func_step.params = params  # type: ignore[attr-defined]
     return func_step

@@ -93,7 +93,10 @@ def patch_conv(
 
 
 def check_impl(owner: str, impl: str | None) -> str:
-    """``impl``, or :func:`default_conv_impl` for ``None``; ``ValueError`` naming ``owner.impl`` unless in :data:`CONV_IMPLS`."""
+    """``impl``, or :func:`default_conv_impl` for ``None``.
+
+    Raises ``ValueError`` naming ``owner.impl`` unless the choice is in :data:`CONV_IMPLS`.
+    """
     chosen = default_conv_impl() if impl is None else impl
     if chosen not in CONV_IMPLS:
         raise ValueError(f"{owner}.impl must be one of {', '.join(map(repr, CONV_IMPLS))} or None, got {impl!r}.")
