@@ -362,7 +362,7 @@ def test_torch_steps_of_the_new_workloads_run_and_update(impl):
         _, task = bench.jax_setup(dict(config, remat=False))
         batch = jax.device_get(task.sample(jax.random.key(0), 2))
         torch.manual_seed(0)
-        step = bench_torch._make_step(config, batch)
+        step = bench_torch._make_step(config, batch, bench.shape_of(config))
         before = [p.detach().clone() for p in step.params]
         step()
         after = [p.detach() for p in step.params]

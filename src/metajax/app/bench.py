@@ -664,7 +664,7 @@ def run_torch(config: dict, in_process: bool = False) -> dict:
     if config.get("threads"):
         torch.set_num_threads(config["threads"])
     rss_setup, _ = _rss_mb()
-    step = bench_torch.make_step(config, batch)
+    step = bench_torch.make_step(config, batch, shape_of(config))
     times = _time_calls(step, config["warmup"] + 1, config["steps"])
     _, rss_peak = _rss_mb()
     median = float(np.median(times))

@@ -83,12 +83,14 @@ def mlp(params, x: torch.Tensor) -> torch.Tensor:
     return F.linear(F.relu(F.linear(F.relu(F.linear(x, w1, b1)), w2, b2)), w3, b3)
 
 
-def make_step(config: dict, batch):
+def make_step(config: dict, batch, shape: dict):
     """A no-argument function running one meta-step of ``config`` on a fixed ``batch`` (Episode of numpy arrays).
 
+    ``shape`` holds the Conv4 and episode sizes of ``config`` (``metajax.app.bench.shape_of``,
+    passed in so that this module does not import the benchmark driver that imports it).
     On CUDA the function returns after the step's kernels have finished.
     """
-    step = _make_step(config, batch)
+    step = _make_step(config, batch, shape)
     if DEVICE.type != "cuda":
         return step
 
@@ -103,9 +105,7 @@ def _tensor(a) -> torch.Tensor:
     return torch.from_numpy(np.array(a)).to(DEVICE)
 
 
-def _make_step(config: dict, batch):
-    from metajax.app.bench import shape_of
-
+def _make_step(config: dict, batch, shape: dict):
     workload, impl = config["workload"], config["impl"]
     as_images = lambda a: _tensor(np.moveaxis(np.asarray(a), -1, -3))
     net: Callable[[list[torch.Tensor], torch.Tensor], torch.Tensor]
@@ -118,7 +118,6 @@ def _make_step(config: dict, batch):
         sx, qx = as_images(batch.support_x), as_images(batch.query_x)
         sy, qy = (_tensor(a).long() for a in (batch.support_y, batch.query_y))
         loss_fn = F.cross_entropy
-        shape = shape_of(config)
         if workload == "maml-omniglot":
             params = conv4_params(config["ways"], shape["filters"], shape["channels"], shape["features"])
             net = lambda p, x: conv4(p, x, shape["pool"])
