@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -46,6 +48,19 @@ def protocol_argv(name: str, budget: str, steps: int | None, eval_tasks: int | N
     if eval_tasks is not None:
         argv += ["--eval-tasks", str(eval_tasks)]
     return argv
+
+
+def commit() -> str | None:
+    """The checkout's commit (``None`` outside git); a trailing ``+`` marks uncommitted changes."""
+    root = Path(__file__).resolve().parents[1]
+    try:
+        head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, check=True)
+        dirty = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True
+        )
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return head.stdout.strip() + ("+" if dirty.stdout.strip() else "")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -90,7 +105,8 @@ def main(argv: list[str] | None = None) -> int:
             "accuracy_percent": [100 * a for a in accuracy["mean"]],
             "ci95_percent": [100 * c for c in accuracy["ci95"]],
             "test_episodes": result["eval"]["num_tasks"],
-            "machine": result["machine"],
+            "machine": {**result["machine"], "load_avg_at_end": list(os.getloadavg())},
+            "commit": commit(),
         }
         print(json.dumps(line), flush=True)
     return 0
