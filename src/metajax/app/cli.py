@@ -316,15 +316,21 @@ def build_tasks(args: argparse.Namespace):
         train = tasks.Sinusoid(shots=args.shots, queries=args.query)
         return train, dataclasses.replace(train, queries=test_query)
     query = 15 if args.query is None else args.query
-    bench = tasks.benchmark(args.task, ways=args.ways, shots=args.shots, queries=query, root=args.data_root)
-    train_ways = args.train_ways or args.ways
-    test = bench.test
+    host = getattr(args, "host_pipeline", False)  # the training images stay on the host: only the test split moves
+    if host:
+        test = tasks.from_images(tasks.benchmark_images(args.task, "test", root=args.data_root), ways=args.ways,
+                                 shots=args.shots, queries=query)  # fmt: skip
+    else:
+        bench = tasks.benchmark(args.task, ways=args.ways, shots=args.shots, queries=query, root=args.data_root)
+        test = bench.test
     if test_query is not None:
         try:
-            test = dataclasses.replace(bench.test, queries=test_query)
+            test = dataclasses.replace(test, queries=test_query)
         except ValueError as error:  # its message names the task's queries, which --query also sets
             raise CommandError(f"--test-query {test_query}: {error}") from error
-    return dataclasses.replace(bench.train, ways=train_ways), test
+    if host:
+        return _host_pipeline(args, tasks.benchmark_images(args.task, "train", root=args.data_root), query), test
+    return dataclasses.replace(bench.train, ways=args.train_ways or args.ways), test
 
 
 # Flags that set only image tasks, only iMAML; their defaults once they are known to apply.
@@ -524,14 +530,19 @@ def _prepare(args: argparse.Namespace) -> _Run:
     from metajax.training import resolve_task_batching
 
     train_task, test_task = build_tasks(args)
-    learner = build_learner(args, getattr(train_task, "ways", None))
-    # A metric learner classifies any number of ways; a gradient learner's head has the training ways.
-    metric = args.algo in METRIC_ALGORITHMS
-    test_learner = build_learner(args, test_task.ways) if metric else learner
-    steps_per_call = args.steps_per_call or (100 if args.task == "sinusoid" else 1)
-    eval_steps = args.eval_steps if args.eval_steps is not None else protocol_eval_steps(args)
-    warn_past_training(args, eval_steps)
-    task_batching = resolve_task_batching(learner, train_task, args.task_batching)
+    try:
+        learner = build_learner(args, getattr(train_task, "ways", None))
+        # A metric learner classifies any number of ways; a gradient learner's head has the training ways.
+        metric = args.algo in METRIC_ALGORITHMS
+        test_learner = build_learner(args, test_task.ways) if metric else learner
+        steps_per_call = args.steps_per_call or (100 if args.task == "sinusoid" else 1)
+        eval_steps = args.eval_steps if args.eval_steps is not None else protocol_eval_steps(args)
+        warn_past_training(args, eval_steps)
+        task_batching = resolve_task_batching(learner, train_task, args.task_batching)
+    except BaseException:
+        if getattr(args, "host_pipeline", False):  # a feed's threads end with the command that made it
+            train_task.close()
+        raise
     optimizer = optax.adam(meta_learning_rate(args))
     return _Run(train_task, test_task, learner, test_learner, optimizer, steps_per_call, eval_steps, task_batching)
 
@@ -587,34 +598,33 @@ def train_command(args: argparse.Namespace) -> dict:
 
     from metajax.training import init_state, train
 
-    run = _prepare(args)
+    run = _prepare(args)  # with --host-pipeline, run.train_task is a feed: closed below whatever happens
     learner, train_task, optimizer = run.learner, run.train_task, run.optimizer
     steps_per_call, task_batching = run.steps_per_call, run.task_batching
     k_train, k_eval = jax.random.split(jax.random.key(args.seed))  # k_eval == _eval_key(args.seed)
     config = settings(args)
     config.update(steps_per_call=steps_per_call, eval_steps=run.eval_steps, task_batching=task_batching)
-    if args.host_pipeline:
-        train_task = _host_pipeline(args, train_task)
-    state, log = init_state(learner, train_task, optimizer, k_train), []
-    if args.resume is not None:
-        state, log = _resume(args, config, state)
-        if args.host_pipeline:
-            _restore_position(train_task, args.resume, int(state.step))
-    primary, mesh = launch.is_primary(args), launch.mesh(args)
-    if primary:
-        claim(args.out, args.overwrite)  # the first change to the folder
-    log_file = JsonLines(args.out / "log.jsonl", log, scalar_writers(args, config)) if primary else None
-    checkpoint_every = args.checkpoint_every
-    if checkpoint_every is None:
-        checkpoint_every = 10000 if args.task == "sinusoid" else 500
-    checkpointer = None
-    if checkpoint_every:
-        from metajax.checkpoint import Checkpointer
-
-        checkpointer = Checkpointer(args.out / "checkpoints", every=checkpoint_every)
-    start_step, t0 = int(state.step), time.perf_counter()
-    history: list[dict] = []
+    log_file = None
     try:
+        state, log = init_state(learner, train_task, optimizer, k_train), []
+        if args.resume is not None:
+            state, log = _resume(args, config, state)
+            if args.host_pipeline:
+                _restore_position(train_task, args.resume, int(state.step))
+        primary, mesh = launch.is_primary(args), launch.mesh(args)
+        if primary:
+            claim(args.out, args.overwrite)  # the first change to the folder
+        log_file = JsonLines(args.out / "log.jsonl", log, scalar_writers(args, config)) if primary else None
+        checkpoint_every = args.checkpoint_every
+        if checkpoint_every is None:
+            checkpoint_every = 10000 if args.task == "sinusoid" else 500
+        checkpointer = None
+        if checkpoint_every:
+            from metajax.checkpoint import Checkpointer
+
+            checkpointer = Checkpointer(args.out / "checkpoints", every=checkpoint_every)
+        start_step, t0 = int(state.step), time.perf_counter()
+        history: list[dict] = []
         if args.algo in rl_app.UNTRAINED:  # the random baseline: its initialisation is checkpointed as it is
             if checkpointer is not None:
                 checkpointer.save(state, config)
@@ -666,22 +676,22 @@ def train_command(args: argparse.Namespace) -> dict:
     return result
 
 
-def _host_pipeline(args: argparse.Namespace, task):
-    """``--host-pipeline``: a :class:`~metajax.tasks.HostEpisodes` drawing ``task``'s episodes on CPU workers."""
-    import numpy as np
+def _host_pipeline(args: argparse.Namespace, data, queries: int):
+    """``--host-pipeline``: a :class:`~metajax.tasks.HostEpisodes` over the training split ``data``, kept on the host.
 
+    ``data``: ``ImageClasses`` or ``RaggedImageClasses`` (host arrays); its episodes are
+    those :func:`build_tasks` would draw on the device (``--train-ways`` or ``--ways``,
+    ``--shots``, ``queries`` per class), ``--meta-batch`` of them per step.
+    """
     from metajax.tasks.host import HostEpisodes, require_grain
 
     try:
         require_grain()
     except ImportError as error:
         raise CommandError(f"--host-pipeline: {error}") from error
-    options = dict(augment_rotations=task.augment_rotations, normalize=task.normalize)
-    # A RaggedFewShot's classes are rows of its flat images; a FewShot's are its first axis.
-    rows = (np.asarray(task.offsets), np.asarray(task.counts)) if hasattr(task, "offsets") else ()
-    return HostEpisodes(np.asarray(task.images), *rows, ways=task.ways, shots=task.shots, queries=task.queries,
-                        tasks_per_step=args.meta_batch, seed=args.seed, workers=args.workers or 2,
-                        **options)  # fmt: skip
+    return HostEpisodes.from_images(data, ways=args.train_ways or args.ways, shots=args.shots, queries=queries,
+                                    tasks_per_step=args.meta_batch, seed=args.seed,
+                                    workers=2 if args.workers is None else args.workers)  # fmt: skip
 
 
 def _restore_position(feed, run_dir: Path, step: int) -> None:
@@ -751,6 +761,8 @@ def restore_run(run_dir: Path, step: int | None = None, overrides: dict | None =
             if name not in record:
                 setattr(train_args, name, value)
         _fill_defaults(train_args)
+        # The training task only shapes the parameters here: drawn on the device, whatever fed the run.
+        train_args.host_pipeline = False
         for name, value in (overrides or {}).items():
             if value is not None:
                 setattr(train_args, name, value)

@@ -16,7 +16,7 @@ pool of tasks).
 """
 
 from metajax.tasks.base import EpisodeFeed, TaskDistribution
-from metajax.tasks.benchmarks import BENCHMARK_SPLITS, Benchmark, benchmark, from_images
+from metajax.tasks.benchmarks import BENCHMARK_SPLITS, Benchmark, benchmark, benchmark_images, from_images
 from metajax.tasks.fewshot import FewShot
 from metajax.tasks.host import HostEpisodes, ImageFiles
 from metajax.tasks.lifelong import NEW, OOD, SEEN, LifelongStream, Schedule, draw_batch
@@ -32,6 +32,7 @@ __all__ = [
     "FewShot",
     "RaggedFewShot",
     "benchmark",
+    "benchmark_images",
     "Benchmark",
     "BENCHMARK_SPLITS",
     "from_images",

@@ -112,18 +112,60 @@ def benchmark(
         >>> tasks.train.sample(jax.random.key(0), 32).support_x.shape  # doctest: +SKIP
         (32, 5, 28, 28, 1)
     """
+
+    def make(part: str) -> FewShot | RaggedFewShot:
+        data = benchmark_images(name, part, split=split, root=root, image_size=image_size, cache_dir=cache_dir)
+        return from_images(data, ways=ways, shots=shots, queries=queries, augment_rotations=augment_rotations)
+
+    val = make("val") if _part_file(name, "val", split) is not None else None
+    return Benchmark(make("train"), val, make("test"))
+
+
+SPLIT_PARTS = ("train", "val", "test")
+"""The parts of a benchmark's class split, in :class:`Benchmark`'s order."""
+
+
+def benchmark_images(
+    name: str,
+    part: str,
+    *,
+    split: str | None = None,
+    root: str | os.PathLike | None = None,
+    image_size: int | None = None,
+    cache_dir: str | os.PathLike | None = None,
+) -> ImageClasses | RaggedImageClasses:
+    """The images of one part of a benchmark, as host (numpy) arrays: what :func:`benchmark` puts on the device.
+
+    For a :class:`~metajax.tasks.HostEpisodes` pipeline (``HostEpisodes.from_images``),
+    which keeps them on the host. Arguments as :func:`benchmark`'s.
+
+    Args:
+        name: one of :data:`BENCHMARK_SPLITS`.
+        part: ``"train"``, ``"val"`` or ``"test"`` (:data:`SPLIT_PARTS`).
+
+    Returns:
+        ``ImageClasses`` ``[classes, examples, H, W, C]`` uint8, or ``RaggedImageClasses``
+        ``[total, H, W, C]`` uint8 with counts, for classes of unequal sizes.
+
+    Raises:
+        FileNotFoundError: the data is missing (the message says where to get it).
+        ValueError: a bad argument, or a part the split does not have.
+    """
+    file_part = _part_file(name, part, split)
+    if file_part is None:
+        raise ValueError(f"part={part!r}: split {split or BENCHMARK_SPLITS[name][0]!r} of {name!r} has no such part.")
+    load, default_size = _LOADERS[name]
+    return load(file_part, root=root, image_size=default_size if image_size is None else image_size,
+                cache_dir=cache_dir)  # fmt: skip
+
+
+def _part_file(name: str, part: str, split: str | None) -> str | None:
+    """The loader's name of ``part`` of ``split`` of ``name``, ``None`` if the split has none; checks all three."""
     check_choice("name", name, BENCHMARK_SPLITS)
     split = BENCHMARK_SPLITS[name][0] if split is None else split
     check_choice("split", split, BENCHMARK_SPLITS[name])
-    load, default_size = _LOADERS[name]
-    size = default_size if image_size is None else image_size
-
-    def make(part: str) -> FewShot | RaggedFewShot:
-        data = load(part, root=root, image_size=size, cache_dir=cache_dir)
-        return from_images(data, ways=ways, shots=shots, queries=queries, augment_rotations=augment_rotations)
-
-    train, val, test = _PARTS[split]
-    return Benchmark(make(train), None if val is None else make(val), make(test))
+    check_choice("part", part, SPLIT_PARTS)
+    return _PARTS[split][SPLIT_PARTS.index(part)]
 
 
 def from_images(

@@ -21,7 +21,7 @@ import jax
 import numpy as np
 
 from metajax._checks import check_choice, check_positive_int
-from metajax.datasets._files import decode_image
+from metajax.datasets._files import ImageClasses, RaggedImageClasses, decode_image
 from metajax.episode import Episode
 from metajax.tasks.fewshot import check_episode_sizes, check_image_options, to_episode
 from metajax.tasks.ragged import check_classes
@@ -192,6 +192,22 @@ class HostEpisodes:
         )
         self._iterator = iter(stream)
         self._position = 0
+
+    @classmethod
+    def from_images(cls, data: ImageClasses | RaggedImageClasses, **options: Any) -> HostEpisodes:
+        """The episodes of a loaded dataset, kept on the host (``tasks.from_images`` puts them on the device).
+
+        Args:
+            data: ``ImageClasses`` (``[classes, examples, H, W, C]``) or
+                ``RaggedImageClasses`` (``[total, H, W, C]`` with ``counts``), e.g. from
+                :func:`metajax.tasks.benchmark_images` or
+                :func:`metajax.datasets.load_image_folder`.
+            **options: the keyword arguments of :class:`HostEpisodes` (``ways``, ``shots``,
+                ``queries``, ``tasks_per_step``, ``seed``, ...); the class names come from ``data``.
+        """
+        if isinstance(data, ImageClasses):
+            return cls(data.images, names=data.names, **options)
+        return cls(data.images, data.offsets, data.counts, names=data.names, **options)
 
     @property
     def num_classes(self) -> int:
