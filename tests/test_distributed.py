@@ -99,6 +99,30 @@ _EIGHT_DEVICES = textwrap.dedent(
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-6), one.params, many.params)
     assert [e["step"] for e in log_one] == [e["step"] for e in log_many] == [2, 4, 6]
     print("ok train")
+    # An episode feed (the host pipeline) on the mesh: the run of the same feed on one device.
+    from metajax.app import cli
+    from metajax.datasets import ImageClasses
+    images = np.random.default_rng(0).integers(0, 256, (12, 6, 4, 4, 1), dtype=np.uint8)
+    protonet = metajax.ProtoNet(models.MLP(hidden=(8,), out=None), ways=3)
+    fed = dict(key=jax.random.key(1), num_steps=4, meta_batch=16, log_every=2, progress=False)
+
+    def feed(device=None):
+        return tasks.HostEpisodes(images, ways=3, shots=1, queries=2, tasks_per_step=16, seed=5, workers=1,
+                                  device=device)
+
+    with feed() as one_feed, feed(distributed.task_sharding(distributed.task_mesh())) as many_feed:
+        one, log_one = metajax.train(protonet, one_feed, opt, **fed)
+        many, log_many = metajax.train(protonet, many_feed, opt, mesh=distributed.task_mesh(), **fed)
+    assert len(many.params["Dense_0"]["kernel"].sharding.device_set) == 8
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-6), one.params, many.params)
+    np.testing.assert_allclose([e["loss"] for e in log_one], [e["loss"] for e in log_many], rtol=1e-5)
+    # --host-pipeline --devices 8 builds that feed: each batch lands split by task over the 8 devices.
+    args = cli.build_parser().parse_args(["train", "--task", "omniglot", "--host-pipeline", "--devices", "8",
+                                          "--ways", "3", "--shots", "1", "--meta-batch", "16", "--out", "x"])
+    with cli._host_pipeline(args, ImageClasses(images, tuple(map(str, range(12)))), 2) as cli_feed:
+        batch = next(cli_feed)
+        assert len(batch.sharding.device_set) == 8 and batch.addressable_shards[0].data.shape[0] == 2
+    print("ok feed")
     """
 )
 
@@ -112,4 +136,4 @@ def test_sharded_step_on_eight_devices_equals_one_device():
     )
     proc = subprocess.run([sys.executable, "-c", _EIGHT_DEVICES], capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout.count("ok ") == 4, proc.stdout
+    assert proc.stdout.count("ok ") == 5, proc.stdout

@@ -79,6 +79,11 @@ def replicate(tree: Any, mesh: Mesh) -> Any:
     return jax.tree.map(put, tree)
 
 
+def task_sharding(mesh: Mesh, axis_name: str = TASK_AXIS) -> NamedSharding:
+    """The sharding that splits an array's leading (task) axis over ``mesh``'s ``axis_name``."""
+    return NamedSharding(mesh, P(axis_name))
+
+
 def shard_tasks(tree: Any, mesh: Mesh, axis_name: str = TASK_AXIS) -> Any:
     """``tree``'s arrays split along their leading (task) axis over ``mesh``'s ``axis_name``."""
-    return jax.device_put(tree, NamedSharding(mesh, P(axis_name)))
+    return jax.device_put(tree, task_sharding(mesh, axis_name))

@@ -25,7 +25,7 @@ from jax.sharding import PartitionSpec as P
 
 from metajax._checks import check_choice, check_positive, check_positive_int
 from metajax._tree import is_array, partition
-from metajax.distributed import TASK_AXIS, replicate
+from metajax.distributed import TASK_AXIS, replicate, shard_tasks
 from metajax.episode import Episode, validate_episode
 from metajax.learner import MetaObjective, MetaUpdater, Stateful, StepDependent, check_conforms
 from metajax.tasks.base import EpisodeFeed, TaskDistribution
@@ -535,7 +535,7 @@ def train(
         state = init_state(learner, task, optimizer, key)
     feed = task if isinstance(task, EpisodeFeed) else None
     if feed is not None:
-        _check_feed(feed, meta_batch, mesh, int(state.step))
+        _check_feed(feed, meta_batch, int(state.step))
     if mesh is not None:
         state = replicate(state, mesh)
     task_batching = resolve_task_batching(learner, task, task_batching)
@@ -554,7 +554,9 @@ def train(
                 n = min(n, (done // checkpointer.every + 1) * checkpointer.every - done)
             if n not in step_fns:
                 step_fns[n] = make_train_step(learner, task, optimizer, meta_batch, n, task_batching, mesh=mesh)
-            batches = None if feed is None else tuple(next(feed) for _ in range(n))
+            # With a mesh each fed batch is split over its devices by task (already so from a feed
+            # that puts it there, as HostEpisodes(device=NamedSharding(mesh, P("tasks"))) does).
+            batches = None if feed is None else tuple(_on_mesh(next(feed), mesh) for _ in range(n))
             state, metrics = step_fns[n](state, batches)
             metrics = jax.device_get(metrics)  # the one host sync per dispatch
             _check_divergence(metrics.pop("state_finite"), metrics["loss"], done, threshold, rule, state)
@@ -597,21 +599,24 @@ def train(
     return state, history
 
 
-def _check_feed(feed: EpisodeFeed, meta_batch: int, mesh: Mesh | None, step: int) -> None:
+def _check_feed(feed: EpisodeFeed, meta_batch: int, step: int) -> None:
     """Refuse an :class:`~metajax.tasks.base.EpisodeFeed` that does not fit the run (its batch size, its position)."""
     if feed.tasks_per_step != meta_batch:
         raise ValueError(
             f"meta_batch must equal the episode feed's tasks_per_step ({feed.tasks_per_step}), "
             f"got meta_batch={meta_batch}."
         )
-    if mesh is not None:
-        raise ValueError("mesh: an episode feed trains on one device for now; pass mesh=None or a task distribution.")
     if feed.position != step:
         raise ValueError(
             f"The episode feed has served {feed.position} batches while state is at step {step}, so the run would "
             f"not continue its episode stream; restore the feed's position saved with the state: "
             f"feed.set_state(checkpointer.pipeline_state({step}))."
         )
+
+
+def _on_mesh(batch: Any, mesh: Mesh | None) -> Any:
+    """A fed batch as the step takes it: split by task over ``mesh`` (a no-op where it already is), or as it is."""
+    return batch if mesh is None else shard_tasks(batch, mesh)
 
 
 def _position(feed: EpisodeFeed | None) -> dict | None:

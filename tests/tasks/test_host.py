@@ -218,9 +218,6 @@ def test_resume_from_a_checkpoint_continues_the_episode_stream(feeds, tmp_path):
 def test_a_feed_that_does_not_fit_the_run_is_refused(feeds):
     with pytest.raises(ValueError, match="meta_batch must equal the episode feed's tasks_per_step \\(4\\), got"):
         metajax.train(_learner(), feeds(), optax.adam(1e-2), num_steps=1, **{**COMMON, "meta_batch": 5})
-    mesh = metajax.distributed.task_mesh(jax.devices()[:1])
-    with pytest.raises(ValueError, match="mesh: an episode feed trains on one device for now"):
-        metajax.train(_learner(), feeds(), optax.adam(1e-2), num_steps=1, mesh=mesh, **COMMON)
     feed, optimizer = feeds(), optax.adam(1e-2)
     step = metajax.make_train_step(_learner(), feed, optimizer, meta_batch=4, steps_per_call=2)
     state = init_state(_learner(), feed, optimizer, COMMON["key"])

@@ -683,14 +683,17 @@ def _host_pipeline(args: argparse.Namespace, data, queries: int):
     those :func:`build_tasks` would draw on the device (``--train-ways`` or ``--ways``,
     ``--shots``, ``queries`` per class), ``--meta-batch`` of them per step.
     """
+    from metajax import distributed
     from metajax.tasks.host import HostEpisodes, require_grain
 
     try:
         require_grain()
     except ImportError as error:
         raise CommandError(f"--host-pipeline: {error}") from error
+    mesh = launch.mesh(args)  # with --devices, each batch goes to the devices by task, as the step reads it
+    device = None if mesh is None else distributed.task_sharding(mesh)
     return HostEpisodes.from_images(data, ways=args.train_ways or args.ways, shots=args.shots, queries=queries,
-                                    tasks_per_step=args.meta_batch, seed=args.seed,
+                                    tasks_per_step=args.meta_batch, seed=args.seed, device=device,
                                     workers=2 if args.workers is None else args.workers)  # fmt: skip
 
 

@@ -127,7 +127,11 @@ class HostEpisodes:
         augment_rotations: as in :class:`~metajax.tasks.FewShot` (drawn inside the step).
         normalize: as in :class:`~metajax.tasks.FewShot`.
         names: class names (for messages), or ``None``.
-        device: where batches go (``jax.device_put``'s argument); ``None`` for the default device.
+        device: where batches go (``jax.device_put``'s argument): a device, ``None`` for the
+            default one, or a sharding, e.g. ``NamedSharding(mesh, P("tasks"))`` to split each
+            batch's tasks over the devices of ``train(..., mesh=mesh)``. With several
+            processes every one draws the whole batch (the same, for the same seed) and
+            places its own devices' share.
 
     Raises:
         ImportError: grain is not installed (the message names the extra).
