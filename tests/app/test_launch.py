@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from helpers import free_port
-from metajax.app import cli
+from metajax.app import cli, launch
 from metajax.checkpoint import Checkpointer
 
 SRC = os.path.join(os.path.dirname(__file__), "..", "..", "src")
@@ -80,6 +80,7 @@ def _same_run(one, two):
         ),
         (["--devices", "3"], "--meta-batch 8 must be a multiple of the 3 --devices"),
         (["--devices", str(8 * jax.device_count())], f"only {jax.device_count()} cpu devices are visible"),
+        (["--mesh", "--devices", "2"], "--mesh is --devices all; pass one of them, got --mesh and --devices 2."),
     ],
 )
 def test_bad_launch_flags_are_refused(tmp_path, capsys, extra, message):
@@ -94,3 +95,10 @@ def test_devices_must_be_a_count_or_all(capsys):
     with pytest.raises(SystemExit):
         cli.build_parser().parse_args(["train", "--out", "x", "--devices", "0"])
     assert "expected a positive integer or 'all', got 0" in capsys.readouterr().err
+
+
+def test_mesh_splits_the_tasks_over_every_device():
+    args = cli.build_parser().parse_args([*RUN.split(), "--mesh", "--out", "x"])
+    mesh = launch.mesh(args)  # None on one device: the plain step
+    assert (mesh is None and jax.device_count() == 1) or mesh.devices.size == jax.device_count()
+    assert launch.mesh(cli.build_parser().parse_args([*RUN.split(), "--out", "x"])) is None

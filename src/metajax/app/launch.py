@@ -17,7 +17,7 @@ from metajax.app.errors import CommandError
 
 # Settings of where a run executes; a resumed run may change them (the sharded step follows
 # the single-device one to float summation order).
-RESUMABLE = ("devices", "coordinator", "num_processes", "process_id")
+RESUMABLE = ("devices", "mesh", "coordinator", "num_processes", "process_id")
 
 
 def _devices(text: str) -> int | str:
@@ -33,13 +33,14 @@ def _devices(text: str) -> int | str:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--devices``, ``--coordinator``, ``--num-processes`` and ``--process-id`` of ``metajax train``."""
+    """``--devices``, ``--mesh``, ``--coordinator``, ``--num-processes`` and ``--process-id`` of ``metajax train``."""
     parser.add_argument(
         "--devices",
         type=_devices,
         default=None,
         help="devices to split each meta-step's tasks over: a number or 'all' (default 1; all with --coordinator)",
     )
+    parser.add_argument("--mesh", action="store_true", help="split the tasks over every device (--devices all)")
     parser.add_argument(
         "--coordinator",
         default=None,
@@ -51,7 +52,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def check(args: argparse.Namespace) -> None:
-    """Refuse inconsistent multi-host flags (before anything starts)."""
+    """Refuse inconsistent device and multi-host flags (before anything starts)."""
+    if args.mesh and args.devices is not None:
+        raise CommandError(f"--mesh is --devices all; pass one of them, got --mesh and --devices {args.devices}.")
     given = [
         f for f, v in (("--num-processes", args.num_processes), ("--process-id", args.process_id)) if v is not None
     ]
@@ -107,7 +110,9 @@ def mesh(args: argparse.Namespace) -> Any:
     from metajax import distributed
 
     count = jax.device_count()
-    given = args.devices if args.devices is not None else ("all" if jax.process_count() > 1 else 1)
+    given = (
+        "all" if args.mesh else args.devices if args.devices is not None else ("all" if jax.process_count() > 1 else 1)
+    )
     wanted: int = count if given == "all" else int(given)
     if args.meta_batch % wanted:
         raise CommandError(f"--meta-batch {args.meta_batch} must be a multiple of the {wanted} --devices.")

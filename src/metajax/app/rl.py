@@ -79,7 +79,11 @@ def check(args: argparse.Namespace, given) -> None:
         if rl_algo and args.algo != algo and given(names):
             raise CommandError(f"{given(names)} applies to --algo {algo} only, not --algo {args.algo}.")
     if args.algo == "promp":  # its meta-update is its own (metajax.learner.MetaUpdater): one device, tasks vmapped
-        spread = {"--task-batching map": args.task_batching == "map", "--devices": args.devices not in (None, 1)}
+        spread = {
+            "--task-batching map": args.task_batching == "map",
+            "--devices": args.devices not in (None, 1),
+            "--mesh": args.mesh,
+        }
         spread["--coordinator"] = args.coordinator is not None
         name = next((name for name, given_here in spread.items() if given_here), None)
         if name is not None:
