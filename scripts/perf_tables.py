@@ -20,6 +20,10 @@ Kinds and their options:
   the result lines; ``a.b`` reaches into nested ones, e.g. ``xla_memory_mb.temporaries``).
 * ``pivot``: ``rows=a,b cols=c value=field``: the values of ``field`` with a row per
   ``(a, b)`` and a column per ``c``.
+* ``reproduce``: the lines of ``scripts/reproduce_fewshot.py``, one row each in file order:
+  the protocol, the paper's figure, our test accuracy after the last test step (and
+  before any, for learners that adapt), the meta-steps and minutes trained, the commit and
+  the command that reruns it.
 
 Every kind takes ``where=field:value,field:v1|v2`` to keep only matching result lines.
 A file may hold several runs (each starts with its ``machine`` line); a cell whose runs
@@ -342,6 +346,8 @@ def render(attrs: dict[str, str], root: Path = ROOT) -> str:
     runs = read_runs(path)
     if kind == "torch":
         return torch_table([[r for r in run if r.get("kind") == "result" and _matches(r, where)] for run in runs])
+    if kind == "reproduce":
+        return reproduce_table([r for run in runs for r in run if "protocol" in r and _matches(r, where)])
     runs = _results(runs, where)
     if kind == "results":
         if "cols" not in attrs:
@@ -352,7 +358,30 @@ def render(attrs: dict[str, str], root: Path = ROOT) -> str:
         if missing:
             raise TableError(f"kind=pivot needs {', '.join(missing)}")
         return pivot_table(runs, attrs["rows"].split(","), attrs["cols"], attrs["value"])
-    raise TableError(f"unknown kind={kind!r} (torch, results, pivot)")
+    raise TableError(f"unknown kind={kind!r} (torch, results, pivot, reproduce)")
+
+
+def reproduce_table(lines: list[dict]) -> str:
+    """The rows of :func:`render`'s ``kind=reproduce`` (see the module docstring)."""
+    if not lines:
+        raise TableError("no reproduce_fewshot line matches")
+    body = []
+    for r in lines:
+        acc, ci = r["accuracy_percent"], r["ci95_percent"]
+        ours = f"{acc[-1]:.2f} +- {ci[-1]:.2f}"
+        if len(acc) > 1:
+            ours += f" ({len(acc) - 1} steps; {acc[0]:.2f} before)"
+        argv = r["argv"].split()
+        command = f"python scripts/reproduce_fewshot.py --protocol {r['protocol']}"
+        if "--time-limit" in argv:
+            command += f" --time-limit {argv[argv.index('--time-limit') + 1]}"
+        if r["budget"].endswith(" steps"):
+            command += f" --steps {r['budget'].split()[0]}"
+        trained = f"{r['steps_trained']:,} meta-steps, {r['train_minutes']:.0f} min"
+        commit = (r.get("commit") or "-")[:7]
+        body.append([r["protocol"], r["paper"], ours, trained, commit, f"`{command}`"])
+    header = ["protocol", "paper (%)", "ours, test accuracy (%)", "trained", "commit", "command"]
+    return markdown(header, body)
 
 
 def regenerate(text: str, root: Path = ROOT) -> tuple[str, list[tuple[str, str]]]:

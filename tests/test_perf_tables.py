@@ -111,6 +111,32 @@ def test_results_and_pivot_tables(tmp_path):
         perf_tables.render({"source": "r.jsonl", "kind": "bars"}, tmp_path)
 
 
+def test_reproduce_table_from_the_script_s_lines(tmp_path):
+    lines = [
+        {"protocol": "maml-omniglot-20w1s", "paper": "MAML 95.8 +- 0.3 (Finn et al. 2017, Table 1)",
+         "argv": "metajax train --config c.yaml --steps 1000 --time-limit 18 --out o", "budget": "reduced",
+         "steps_trained": 1234, "train_minutes": 18.04, "accuracy_percent": [5.0, 80.123, 85.456],
+         "ci95_percent": [0.1, 0.5, 0.444], "commit": "29d6fb9aaaa+"},
+        {"kind": "other"},  # not a protocol line: left out
+        {"protocol": "protonet-omniglot-20w1s", "paper": "ProtoNets 96.0", "argv": "metajax train --out o",
+         "budget": "500 steps", "steps_trained": 500, "train_minutes": 9.6, "accuracy_percent": [91.0],
+         "ci95_percent": [0.25]},
+    ]  # fmt: skip
+    (tmp_path / "r.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    table = perf_tables.render({"source": "r.jsonl", "kind": "reproduce"}, tmp_path).splitlines()
+    assert table[0] == "| protocol | paper (%) | ours, test accuracy (%) | trained | commit | command |"
+    assert table[2] == (
+        "| maml-omniglot-20w1s | MAML 95.8 +- 0.3 (Finn et al. 2017, Table 1) | 85.46 +- 0.44 (2 steps; 5.00 before)"
+        " | 1,234 meta-steps, 18 min | 29d6fb9"
+        " | `python scripts/reproduce_fewshot.py --protocol maml-omniglot-20w1s --time-limit 18` |"
+    )
+    assert table[3] == (
+        "| protonet-omniglot-20w1s | ProtoNets 96.0 | 91.00 +- 0.25 | 500 meta-steps, 10 min | -"
+        " | `python scripts/reproduce_fewshot.py --protocol protonet-omniglot-20w1s --steps 500` |"
+    )
+    assert len(table) == 4
+
+
 def test_check_fails_on_a_stale_region_and_write_fixes_it(tmp_path, capsys):
     _write_runs(tmp_path / "docs" / "results" / "bench.jsonl")
     marker = "<!-- table:maml source=docs/results/bench.jsonl kind=torch -->"
