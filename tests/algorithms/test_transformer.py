@@ -18,12 +18,14 @@ from metajax.app import cli
 SINE = tasks.Sinusoid(shots=5, queries=6)
 
 
-def _learner(outputs: int = 1):
-    return metajax.TransformerICL(models.MLP(hidden=(16,), out=None), outputs=outputs, dim=16, depth=2, heads=2)
+def _learner(outputs: int = 1, tied_keys: bool = True):
+    embed = models.MLP(hidden=(16,), out=None)
+    return metajax.TransformerICL(embed, outputs=outputs, dim=16, depth=2, heads=2, tied_keys=tied_keys)
 
 
-def test_prediction_ignores_the_support_order_and_reads_the_labels():
-    learner, episode = _learner(), one_task(SINE)
+@pytest.mark.parametrize("tied_keys", [True, False])
+def test_prediction_ignores_the_support_order_and_reads_the_labels(tied_keys):
+    learner, episode = _learner(tied_keys=tied_keys), one_task(SINE)
     params = learner.init(jax.random.key(0), episode)
     out = learner.predict(learner.adapt(params, episode.support, None), episode.query_x)
     perm = jnp.array([3, 0, 4, 2, 1])

@@ -25,17 +25,29 @@ from metajax.learner import Spec, register
 
 
 class _Block(nn.Module):
-    """Pre-norm Transformer block: masked multi-head self-attention, then a GELU MLP, each residual."""
+    """Pre-norm Transformer block: masked multi-head self-attention, then a GELU MLP, each residual.
+
+    With ``tied_keys`` the key projection is the query projection plus a zero-initialised
+    one: the same model class as independent projections, started where attention compares
+    tokens. Meta-trained from scratch, an in-context classifier sits at chance until
+    attention matches queries with their class's support tokens; this start shortens that
+    plateau (README, "Attention-based learners").
+    """
 
     dim: int
     heads: int
+    tied_keys: bool
 
     @nn.compact
     def __call__(self, h: jax.Array, mask: jax.Array) -> jax.Array:
         """``h``: ``[T, dim]`` tokens; ``mask``: ``[T, T]`` bool, ``mask[i, j]`` if token ``i`` may attend to ``j``."""
         head_dim = self.dim // self.heads
         y = nn.LayerNorm()(h)
-        q, k, v = (nn.DenseGeneral((self.heads, head_dim), name=n)(y) for n in ("query", "key", "value"))
+        q, v = (nn.DenseGeneral((self.heads, head_dim), name=n)(y) for n in ("query", "value"))
+        if self.tied_keys:  # the queries plus a learned offset from zero: attention starts as a similarity
+            k = q + nn.DenseGeneral((self.heads, head_dim), kernel_init=nn.initializers.zeros, name="key_offset")(y)
+        else:
+            k = nn.DenseGeneral((self.heads, head_dim), name="key")(y)
         # jax.nn.dot_product_attention picks a fused kernel where the backend has one (cuDNN on GPU).
         attended = jax.nn.dot_product_attention(q[None], k[None], v[None], mask=mask[None, None])[0]
         h = h + nn.DenseGeneral(self.dim, axis=(-2, -1), name="out")(attended)
@@ -50,6 +62,7 @@ class _InContext(nn.Module):
     depth: int
     heads: int
     outputs: int
+    tied_keys: bool
 
     @nn.compact
     def __call__(self, fs: jax.Array, ys: jax.Array, fq: jax.Array) -> jax.Array:
@@ -61,7 +74,7 @@ class _InContext(nn.Module):
         index = jnp.arange(s + q)
         mask = (index[None, :] < s) | (index[:, None] == index[None, :])  # attend to the support, and to oneself
         for _ in range(self.depth):
-            h = _Block(self.dim, self.heads)(h, mask)
+            h = _Block(self.dim, self.heads, self.tied_keys)(h, mask)
         return nn.Dense(self.outputs, name="head")(nn.LayerNorm()(h[s:]))
 
 
@@ -81,6 +94,8 @@ class TransformerICL(InContextLearner):
         dim: token width.
         depth: Transformer blocks.
         heads: attention heads (``dim`` must be a multiple).
+        tied_keys: start each key projection equal to its query projection (a learned
+            offset from zero; ``False``: independent projections, both initialised at random).
         objective: ``(predictions, targets) -> (loss, metrics)``; ``None`` follows the targets.
 
     Example:
@@ -95,6 +110,7 @@ class TransformerICL(InContextLearner):
     dim: int = 64
     depth: int = 2
     heads: int = 4
+    tied_keys: bool = True
 
     def __post_init__(self):
         super().__post_init__()
@@ -105,7 +121,7 @@ class TransformerICL(InContextLearner):
 
     def sequence_model(self) -> _InContext:
         """The masked Transformer over support and query tokens."""
-        return _InContext(self.dim, self.depth, self.heads, self.outputs)
+        return _InContext(self.dim, self.depth, self.heads, self.outputs, self.tied_keys)
 
 
 @register("transformer", family="attention")
