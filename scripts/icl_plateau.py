@@ -55,6 +55,7 @@ def run(tied: bool, seed: int, args: argparse.Namespace, bench: tasks.Benchmark)
     curve = [{"step": h["step"], "accuracy": h["accuracy"]} for h in history]
     escaped = next((h["step"] for h in curve if h["accuracy"] > args.escape), None)
     return {
+        "kind": "result",
         "tied_keys": tied,
         "seed": seed,
         "embedding": args.embedding,

@@ -77,6 +77,8 @@ LABELS = {
     "peak_rss_mb": "peak RSS (MB)",
     "peak_rss_delta_mb": "peak RSS over baseline (MB)",
     "load_avg_1min": "load (1 min)",
+    "test_accuracy": "test accuracy",
+    "first_step_above_escape": "first step above chance",
 }
 NAMES = {
     "maml-omniglot": "MAML",

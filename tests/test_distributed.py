@@ -123,6 +123,17 @@ _EIGHT_DEVICES = textwrap.dedent(
         batch = next(cli_feed)
         assert len(batch.sharding.device_set) == 8 and batch.addressable_shards[0].data.shape[0] == 2
     print("ok feed")
+    # Running batch-norm statistics (bn="running"): averaged over all 16 tasks on 8 devices as on one.
+    few = tasks.FewShot(jax.numpy.asarray(images), ways=2, shots=1, queries=1)
+    maml = metajax.MAML(models.Conv4(filters=2, out=2, bn="running"), inner_lr=0.1)
+    sgd = optax.sgd(0.1)
+    state = metajax.init_state(maml, few, sgd, jax.random.key(2))
+    copy = jax.tree.map(lambda a: a.copy(), state)
+    s1, _ = metajax.make_train_step(maml, few, sgd, 16, task_batching="vmap")(state)
+    s2, _ = metajax.make_train_step(maml, few, sgd, 16, task_batching="vmap", mesh=distributed.task_mesh())(copy)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), s1, s2)
+    assert np.abs(s2.model_state["batch_stats"]["BatchStatNorm_0"]["mean"]).max() > 0
+    print("ok running-bn")
     """
 )
 
@@ -136,4 +147,4 @@ def test_sharded_step_on_eight_devices_equals_one_device():
     )
     proc = subprocess.run([sys.executable, "-c", _EIGHT_DEVICES], capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout.count("ok ") == 5, proc.stdout
+    assert proc.stdout.count("ok ") == 6, proc.stdout
