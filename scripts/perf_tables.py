@@ -79,6 +79,8 @@ LABELS = {
     "load_avg_1min": "load (1 min)",
     "test_accuracy": "test accuracy",
     "first_step_above_escape": "first step above chance",
+    "meta_iterations_per_s": "meta-iterations/s",
+    "env_steps_per_s": "environment steps/s",
 }
 NAMES = {
     "maml-omniglot": "MAML",
