@@ -81,6 +81,7 @@ LABELS = {
     "first_step_above_escape": "first step above chance",
     "meta_iterations_per_s": "meta-iterations/s",
     "env_steps_per_s": "environment steps/s",
+    "accuracy_percent": "accuracy, %",
 }
 NAMES = {
     "maml-omniglot": "MAML",
