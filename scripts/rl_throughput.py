@@ -32,7 +32,6 @@ import os
 import platform
 import statistics
 import sys
-import time
 
 import jax
 import numpy as np
@@ -40,10 +39,11 @@ import optax
 
 import metajax
 from metajax import rl
+from metajax.app.bench import _time_calls
 
 
 def jax_side(args: argparse.Namespace):
-    """``run(n) -> [seconds per meta-iteration]`` of the compiled metajax step."""
+    """One meta-iteration of the compiled metajax step, ended with a host sync (a callable)."""
     env = rl.Navigation2D(horizon=args.horizon)
     learner = rl.MAMLRL(env, rl.GaussianMLPPolicy(hidden=(args.hidden,) * 2), episodes=args.episodes, inner_lr=0.1)
     task, optimizer = rl.EnvTasks(env), optax.adam(1e-3)
@@ -51,20 +51,15 @@ def jax_side(args: argparse.Namespace):
     step = metajax.make_train_step(learner, task, optimizer, meta_batch=args.meta_batch)
     box = [state]
 
-    def run(n: int) -> list[float]:
-        times = []
-        for _ in range(n):
-            start = time.perf_counter()
-            box[0], metrics = step(box[0])
-            jax.block_until_ready(metrics["loss"])
-            times.append(time.perf_counter() - start)
-        return times
+    def meta_iteration() -> None:
+        box[0], metrics = step(box[0])
+        jax.block_until_ready(metrics["loss"])
 
-    return run
+    return meta_iteration
 
 
 def torch_side(args: argparse.Namespace):
-    """``run(n) -> [seconds per meta-iteration]`` of the PyTorch task loop."""
+    """One meta-iteration of the PyTorch task loop (a callable returning the goals' mean return)."""
     import torch
 
     torch.manual_seed(0)
@@ -137,15 +132,7 @@ def torch_side(args: argparse.Namespace):
         optimizer.step()
         return total / args.meta_batch
 
-    def run(n: int) -> list[float]:
-        times = []
-        for _ in range(n):
-            start = time.perf_counter()
-            meta_iteration()
-            times.append(time.perf_counter() - start)
-        return times
-
-    return run
+    return meta_iteration
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -174,12 +161,12 @@ def main(argv: list[str] | None = None) -> int:
                       "jax": jax.__version__, "backend": jax.default_backend(), "torch": torch.__version__,
                       "torch_threads": torch.get_num_threads(), "load_avg_before": list(os.getloadavg())}))  # fmt: skip
     sides = {"metajax": jax_side(args), "torch-loop": torch_side(args)}
-    for run in sides.values():
-        run(args.warmup)
+    for meta_iteration in sides.values():
+        _time_calls(meta_iteration, args.warmup, 0)
     medians: dict[str, list[float]] = {name: [] for name in sides}
     for _ in range(args.repeats):
-        for name, run in sides.items():
-            medians[name].append(statistics.median(run(args.steps)))
+        for name, meta_iteration in sides.items():
+            medians[name].append(statistics.median(_time_calls(meta_iteration, 0, args.steps)))
     rates = {}
     for name, values in medians.items():
         seconds = statistics.median(values)
