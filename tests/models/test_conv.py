@@ -33,10 +33,13 @@ def test_patch_conv_equals_xla_convolution(size, channels, stride, padding):
 
 
 @pytest.mark.parametrize("size", [28, 7, 4, 5])
-def test_reshape_max_pool_equals_flax_max_pool(size):
+@pytest.mark.parametrize("ties", [False, True], ids=["distinct", "ties"])
+def test_reshape_max_pool_equals_flax_max_pool(size, ties):
     import flax.linen as nn
 
     x = jax.random.normal(jax.random.key(0), (2, size, size + 1, 3))
+    if ties:  # three values only: most windows hold their maximum twice or more; the first one gets the gradient
+        x = jnp.round(x)
     np.testing.assert_array_equal(reshape_max_pool(x), nn.max_pool(x, (2, 2), strides=(2, 2), padding="SAME"))
     g1 = jax.jit(jax.grad(lambda x: jnp.sum(jnp.sin(reshape_max_pool(x)))))(x)
     g2 = jax.grad(lambda x: jnp.sum(jnp.sin(nn.max_pool(x, (2, 2), strides=(2, 2), padding="SAME"))))(x)
@@ -95,14 +98,55 @@ def test_conv4_formulations_match_xla_in_maml_meta_gradient(pool, order, impl):
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-3, atol=2e-5), g1, g2)
 
 
-def test_mixed_computes_only_the_image_layer_as_patches():
-    assert conv_function("mixed", 1) is patch_conv and conv_function("mixed", 3) is patch_conv
-    assert conv_function("mixed", 64) is None and conv_function("xla", 1) is None
-    assert conv_function("patches", 64) is patch_conv
+@pytest.mark.parametrize(
+    ("bn", "extra"),
+    [("transductive", {}), ("support", {}), ("per_step", {"bn_steps": 2}), ("running", {})],
+)
+def test_pooled_batch_norm_equals_normalise_relu_then_pool(bn, extra):
+    """Conv4's max-pooled blocks normalise after pooling unless impl="xla"; same values and gradients.
+
+    Batch-norm scales are drawn with both signs (a negative scale pools the minimum), and the
+    images are binary with blank regions, as Omniglot's, so windows hold exact ties.
+    """
+    rng = np.random.default_rng(0)
+    x = jnp.asarray((rng.random((6, 28, 28, 1)) > 0.8) * np.tri(28)[None, :, :, None], jnp.float32)
+    context = x[:2] if bn == "support" else None
+    nets = {impl: models.Conv4(filters=4, out=3, bn=bn, impl=impl, **extra) for impl in ("xla", "patches")}
+    variables = nets["xla"].init(jax.random.key(0), x)
+    params = jax.tree_util.tree_map_with_path(
+        lambda path, v: jnp.asarray(rng.standard_normal(v.shape), v.dtype) if "scale" in str(path) else v,
+        variables["params"],
+    )
+    running = {"batch_stats": variables["batch_stats"]} if bn == "running" else {}
+    calls = [{}] + ([{"use_running_average": True}] if bn == "running" else [])
+    for kwargs in calls:
+
+        def f(impl, p, x, kwargs=kwargs):
+            out = nets[impl].apply({"params": p, **running}, x, context=context, step=1, **kwargs)
+            return jnp.sum(jnp.sin(out))
+
+        def second_order(fn):  # the gradient of a function of the gradient, as MAML's meta-gradient
+            return jax.grad(lambda p, x: jnp.sum(jax.grad(fn)(p, x)["Dense_0"]["kernel"]))
+
+        for derivative in (jax.value_and_grad, second_order):
+            expected = jax.jit(derivative(lambda p, x: f("xla", p, x)))(params, x)
+            got = jax.jit(derivative(lambda p, x: f("patches", p, x)))(params, x)
+            # Within float rounding of the largest entry: the conv biases' gradients are zero
+            # in exact arithmetic (batch norm removes them) and rounding noise here.
+            scale = max(float(jnp.max(jnp.abs(leaf))) for leaf in jax.tree.leaves(expected))
+            for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(expected), strict=True):
+                np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * scale)
+
+
+def test_only_patches_computes_convolutions_as_patches():
+    assert conv_function("patches") is patch_conv
+    assert conv_function("mixed") is None and conv_function("xla") is None
 
 
 def test_conv4_impl_default_and_validation():
-    assert default_conv_impl() == ("patches" if jax.default_backend() == "cpu" else "xla")
+    cpu = jax.default_backend() == "cpu"
+    assert default_conv_impl() == ("patches" if cpu else "xla")
+    assert default_conv_impl(shared_weights=True) == ("mixed" if cpu else "xla")
     with pytest.raises(ValueError, match="Conv4.impl must be one of 'xla', 'patches', 'mixed'"):
         models.Conv4(filters=4, impl="cudnn").init(jax.random.key(0), jnp.zeros((1, 28, 28, 1)))
 

@@ -491,7 +491,7 @@ def jax_setup(config: dict):
     from metajax import models, tasks
 
     dtype = jnp.bfloat16 if config["dtype"] == "bfloat16" else None
-    impl = None if config["conv_impl"] in ("auto", "none") else config["conv_impl"]
+    impl = conv_impl_of(config)
     w = config["workload"]
     if w == "maml-sinusoid":
         spec = registry.Spec(
@@ -516,6 +516,21 @@ def jax_setup(config: dict):
     return registry.build(w.removesuffix("-omniglot"), registry.Spec("classification", config["ways"], conv4)), task
 
 
+def conv_impl_of(config: dict) -> str:
+    """The Conv4 formulation a configuration runs: its ``conv_impl``, or for ``"auto"`` the backend's default.
+
+    The default for weights shared by every task (the embedding learners) or adapted per
+    task (MAML), as ``metajax train`` chooses it; ``"none"`` for the sinusoid MLP.
+    """
+    from metajax.models.conv import default_conv_impl
+
+    if config["workload"] == "maml-sinusoid":
+        return "none"
+    if config["conv_impl"] == "auto":
+        return default_conv_impl(shared_weights=config["workload"] in EPISODIC)
+    return config["conv_impl"]
+
+
 def _run_one(config: dict, in_process: bool = False) -> dict:
     if config["impl"] == "jax":
         return run_jax(config, in_process)
@@ -528,13 +543,11 @@ def run_jax(config: dict, in_process: bool = False) -> dict:
     import numpy as np
     import optax
 
-    from metajax.models.conv import default_conv_impl
     from metajax.training import first_episode, init_state, make_train_step
 
     peak = matmul_peak_gflops(config.get("matmul_size", 2048))
     peak_scope = _peak_rss_scope(in_process)
     learner, task = jax_setup(config)
-    conv_impl = default_conv_impl() if config["conv_impl"] == "auto" else config["conv_impl"]
     mb, spc = config["meta_batch"], config["steps_per_call"]
     optimizer = optax.adam(1e-3)
     state = init_state(learner, task, optimizer, jax.random.key(0))
@@ -570,7 +583,7 @@ def run_jax(config: dict, in_process: bool = False) -> dict:
         task_batching_requested=config["task_batching"],
         conv_impl_requested=config["conv_impl"],
         task_batching=batching,
-        conv_impl=conv_impl if config["workload"] != "maml-sinusoid" else "none",
+        conv_impl=conv_impl_of(config),
     )
     record.update(_speed(times, median, mb * spc, spc, flops_step, peak))
     if config["inner_steps"] > 1:

@@ -266,17 +266,20 @@ def _default(name: str) -> str:
 def _network(args: argparse.Namespace, family: str):
     """``out -> flax module`` of ``--task`` and ``--backbone`` (``out=None``: the feature extractor)."""
     from metajax import models
+    from metajax.models.conv import default_conv_impl
 
     if args.task == "sinusoid":
         return lambda out: models.MLP(hidden=(40, 40), out=out)
     bn = dict(bn=args.bn_mode, bn_steps=args.inner_steps if args.bn_mode == "per_step" else 1)
-    if args.backbone == "resnet12":
-        return lambda out: models.ResNet12(out=out, **bn)
+    # Metric and attention learners share the embedding's weights across tasks (the formulation's one input).
     embedding = family in ("metric", "attention")
+    impl = default_conv_impl(shared_weights=embedding)
+    if args.backbone == "resnet12":
+        return lambda out: models.ResNet12(out=out, impl=impl, **bn)
     filters = args.filters or (64 if embedding else DEFAULT_FILTERS[args.task])
     # MAML's Omniglot network is strided; MAML++'s reference max-pools on every dataset.
     pool = "stride" if args.task == "omniglot" and not embedding and args.algo != "maml++" else "max"
-    return lambda out: models.Conv4(filters=filters, pool=pool, out=out, **bn)
+    return lambda out: models.Conv4(filters=filters, pool=pool, out=out, impl=impl, **bn)
 
 
 def build_learner(args: argparse.Namespace, ways: int | None = None):

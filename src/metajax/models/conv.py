@@ -13,22 +13,24 @@ from metajax.models.layers import batch_norm, check_bn, stack_context
 
 CONV_IMPLS = ("xla", "patches", "mixed")
 
-# "mixed" computes a convolution with at most this many input channels (the image layer) as
-# patches x matmul and every wider one with XLA's convolution.
-MIXED_PATCH_CHANNELS = 3
 
-
-def default_conv_impl() -> str:
-    """The convolution formulation that is fastest on the default backend: ``"xla"`` or ``"patches"``.
+def default_conv_impl(shared_weights: bool = False) -> str:
+    """The formulation that is fastest on the default backend: ``"xla"``, ``"patches"`` or ``"mixed"``.
 
     On XLA's CPU backend a convolution whose weights differ per task (MAML's adapted
-    weights under ``vmap``) becomes a grouped convolution, and second-order gradients
-    through convolutions lower to slow generic loops; written as shifted slices times one
-    matmul (:func:`patch_conv`) the same network is several times faster there (see
-    ``docs/performance.md`` for the measured table). Accelerators have fast native
-    convolutions, so they keep ``"xla"``.
+    weights under ``vmap``) becomes a grouped convolution, and gradients of XLA's
+    convolutions inside a loop body (``lax.map`` over tasks) and second-order gradients
+    lower to slow generic loops; written as shifted slices times one matmul
+    (:func:`patch_conv`) the same network is several times faster there. Where every task
+    shares the weights (``shared_weights``: ProtoNets, Matching Networks, the attention
+    learners, one episode per dispatch), XLA's own convolution is faster than patches, and
+    ``"mixed"`` keeps it beside the slice-based pooling. Measured in
+    ``docs/performance.md``. Accelerators have fast native convolutions, so they keep
+    ``"xla"``.
     """
-    return "patches" if jax.default_backend() == "cpu" else "xla"
+    if jax.default_backend() != "cpu":
+        return "xla"
+    return "mixed" if shared_weights else "patches"
 
 
 def patch_conv(
@@ -103,15 +105,12 @@ def check_impl(owner: str, impl: str | None) -> str:
     return chosen
 
 
-def conv_function(impl: str, in_channels: int):
-    """The ``conv_general_dilated`` of a ``flax.linen.Conv`` with ``in_channels`` inputs under ``impl``.
+def conv_function(impl: str):
+    """The ``conv_general_dilated`` of a ``flax.linen.Conv`` under ``impl``: :func:`patch_conv` for ``"patches"``.
 
-    :func:`patch_conv` for ``"patches"``, and for ``"mixed"`` when ``in_channels`` is at most
-    :data:`MIXED_PATCH_CHANNELS`; ``None`` (XLA's convolution) otherwise.
+    ``None`` (XLA's convolution) for ``"xla"`` and ``"mixed"``.
     """
-    if impl == "patches" or (impl == "mixed" and in_channels <= MIXED_PATCH_CHANNELS):
-        return patch_conv
-    return None
+    return patch_conv if impl == "patches" else None
 
 
 def max_pool(impl: str, x: jax.Array) -> jax.Array:
@@ -122,25 +121,32 @@ def max_pool(impl: str, x: jax.Array) -> jax.Array:
 
 
 def reshape_max_pool(x: jax.Array) -> jax.Array:
-    """2x2 max-pooling with stride 2 and ``SAME`` padding, as a reshape, an argmax and a select.
+    """2x2 max-pooling with stride 2 and ``SAME`` padding, as a reshape, comparisons and a masked sum.
 
     Equals ``flax.linen.max_pool(x, (2, 2), strides=(2, 2), padding="SAME")`` on
     ``[N, H, W, C]`` (odd sides padded at the end with ``-inf``, as ``SAME`` does), and its
-    gradient goes to the first maximum of each window, as ``reduce_window``'s does. That
-    gradient is an elementwise select, where ``reduce_window``'s is a select-and-scatter that
-    XLA's CPU backend runs about 3x slower. The window's maximum is chosen once by
-    ``argmax``: ``jnp.max``'s own gradient finds it again by comparing values for equality,
-    which breaks under ``jit`` when XLA recomputes the input in two fusions with different
-    rounding (gradients then silently vanish from some windows).
+    gradient goes to the first maximum of each window (row-major), as ``reduce_window``'s
+    does. The window's four values are compared pairwise for the position of the first
+    maximum, and the output is the sum over the window of the values at that position:
+    one elementwise pass forward, and a gradient that is one elementwise select at full
+    size, where ``reduce_window``'s is a select-and-scatter that XLA's CPU backend runs about
+    3x slower (stacking the four values for an ``argmax``, or slicing them out, costs extra
+    full-size copies forward or backward). The position is computed once (not differentiated),
+    so each window's gradient reaches exactly one input even if XLA recomputes the inputs
+    with different rounding in another fusion (``jnp.max``'s gradient, which compares the
+    inputs with the output for equality, can then vanish).
     """
     n, h, w, c = x.shape
     ph, pw = (-h) % 2, (-w) % 2
     if ph or pw:
         x = jnp.pad(x, ((0, 0), (0, ph), (0, pw), (0, 0)), constant_values=-jnp.inf)
     r = x.reshape(n, (h + ph) // 2, 2, (w + pw) // 2, 2, c)
-    windows = jnp.stack([r[:, :, i, :, j] for i in range(2) for j in range(2)], axis=-1)  # [N, H/2, W/2, C, 4]
-    first_max = jnp.argmax(windows, axis=-1)[..., None] == jnp.arange(4).reshape(1, 1, 1, 1, 4)
-    return jnp.sum(jnp.where(first_max, windows, jnp.zeros((), x.dtype)), axis=-1)
+    a, b, c_, d = r[:, :, 0, :, 0], r[:, :, 0, :, 1], r[:, :, 1, :, 0], r[:, :, 1, :, 1]
+    top, bottom = jnp.where(b > a, b, a), jnp.where(d > c_, d, c_)
+    first = jnp.where(bottom > top, jnp.where(d > c_, 3, 2), jnp.where(b > a, 1, 0))  # row-major position
+    position = jnp.arange(4).reshape(1, 1, 2, 1, 2, 1)
+    selected = position == lax.stop_gradient(first)[:, :, None, :, None]
+    return jnp.sum(jnp.where(selected, r, jnp.zeros((), x.dtype)), axis=(2, 4))
 
 
 class Conv4(nn.Module):
@@ -156,15 +162,16 @@ class Conv4(nn.Module):
         filters: channels of every block (64 for Omniglot, 32 for miniImageNet in MAML).
         out: number of output logits, or ``None`` for the flattened embedding.
         pool: ``"max"`` or ``"stride"``.
-        impl: how convolutions and pooling are computed: ``"xla"``
-            (``lax.conv_general_dilated`` and ``reduce_window`` max-pooling), ``"patches"``
-            (:func:`patch_conv`, slices x matmul, and :func:`reshape_max_pool`), ``"mixed"``
-            (patches for the image layer, XLA's convolution for the wider ones,
-            :func:`reshape_max_pool`; on CPU measured faster than ``"patches"`` for 5-way
-            ProtoNets with one episode per step, slower for 20-way and Matching Networks, and
-            several times slower inside a loop, see ``docs/performance.md``) or ``None`` for
-            :func:`default_conv_impl` of the backend. Same parameters and the same function
-            either way (to float rounding); only the speed differs.
+        impl: how convolutions and pooling are computed: ``"xla"`` (the reference:
+            ``lax.conv_general_dilated``, batch norm, ReLU, ``reduce_window`` max-pooling),
+            ``"patches"`` (:func:`patch_conv`, slices x matmul; :func:`reshape_max_pool`
+            with the batch norm and ReLU applied after pooling, see
+            :class:`~metajax.models.layers.BatchStatNorm`'s ``relu_pool``), ``"mixed"``
+            (XLA's convolution with that pooling; on CPU the fastest where every task
+            shares the weights, and several times slower than ``"patches"`` for per-task
+            weights in a loop) or ``None`` for :func:`default_conv_impl` of the backend.
+            Same parameters and the same function either way (to float rounding); only
+            the speed differs (``docs/performance.md``).
         dtype: computation dtype, e.g. ``jnp.bfloat16`` for mixed precision; parameters
             stay float32, batch statistics are taken in float32, outputs are float32.
         bn: the batch-normalisation mode (``metajax.models.layers.BN_MODES``):
@@ -219,13 +226,17 @@ class Conv4(nn.Module):
         stride = 2 if self.pool == "stride" else 1
         norm = batch_norm(self.bn, self.bn_steps, self.bn_momentum)
         for _ in range(4):
-            conv = conv_function(impl, x.shape[-1])
+            conv = conv_function(impl)
             x = nn.Conv(
                 self.filters, (3, 3), strides=stride, padding="SAME", dtype=self.dtype, conv_general_dilated=conv
             )(x)
-            x = nn.relu(norm()(x, context_rows=rows, step=step, use_running_average=use_running_average))
-            if self.pool == "max":
-                x = max_pool(impl, x)
+            if self.pool == "max" and impl != "xla":
+                x = norm()(x, context_rows=rows, step=step, use_running_average=use_running_average,
+                           relu_pool=reshape_max_pool)  # fmt: skip
+            else:
+                x = nn.relu(norm()(x, context_rows=rows, step=step, use_running_average=use_running_average))
+                if self.pool == "max":
+                    x = max_pool(impl, x)
         x = x[rows:].reshape(x.shape[0] - rows, -1)
         if self.out is not None:
             x = nn.Dense(self.out, dtype=self.dtype)(x)

@@ -71,7 +71,7 @@ class ResNet12(nn.Module):
 
         def conv(features, size, h):
             layer = nn.Conv(features, (size, size), padding="SAME", use_bias=False, dtype=self.dtype,
-                            conv_general_dilated=conv_function(impl, h.shape[-1]))  # fmt: skip
+                            conv_general_dilated=conv_function(impl))  # fmt: skip
             return norm()(layer(h), context_rows=rows, step=step, use_running_average=use_running_average)
 
         for features in self.channels:
