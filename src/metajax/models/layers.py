@@ -82,9 +82,8 @@ class BatchStatNorm(nn.Module):
         map ``v -> a * v + bias`` is monotone, so the window maximum of ``relu(a * v + bias)``
         is ``relu(|a| * max(sign(a) * v) + bias)`` (the maximum of ``-v`` where ``a < 0``).
         Same value and gradient (to float rounding); the normalisation, ReLU and their
-        gradients then run on the pooled, 4x smaller tensor, which on CPU makes a Conv4
-        block's batch norm, ReLU and pooling about 4x faster forward and backward
-        (``docs/performance.md``).
+        gradients then run on the pooled, 4x smaller tensor (measured in
+        ``docs/performance.md``, "Pooling before batch norm").
         """
         # Low-precision inputs (bf16) are normalised in float32 and returned in their dtype;
         # the parameters are at least float32.
