@@ -271,7 +271,7 @@ def _network(args: argparse.Namespace, family: str):
     if args.task == "sinusoid":
         return lambda out: models.MLP(hidden=(40, 40), out=out)
     bn = dict(bn=args.bn_mode, bn_steps=args.inner_steps if args.bn_mode == "per_step" else 1)
-    # Metric and attention learners share the embedding's weights across tasks (the formulation's one input).
+    # Metric and attention learners share the embedding's weights across tasks, which picks the CPU formulation.
     embedding = family in ("metric", "attention")
     impl = default_conv_impl(shared_weights=embedding)
     if args.backbone == "resnet12":

@@ -225,16 +225,16 @@ class Conv4(nn.Module):
         x, rows = stack_context("Conv4", self.bn, x, context)
         stride = 2 if self.pool == "stride" else 1
         norm = batch_norm(self.bn, self.bn_steps, self.bn_momentum)
+        # Every formulation but the reference pools inside the batch norm, before its affine map and the ReLU.
+        relu_pool = reshape_max_pool if self.pool == "max" and impl != "xla" else None
         for _ in range(4):
             conv = conv_function(impl)
             x = nn.Conv(
                 self.filters, (3, 3), strides=stride, padding="SAME", dtype=self.dtype, conv_general_dilated=conv
             )(x)
-            if self.pool == "max" and impl != "xla":
-                x = norm()(x, context_rows=rows, step=step, use_running_average=use_running_average,
-                           relu_pool=reshape_max_pool)  # fmt: skip
-            else:
-                x = nn.relu(norm()(x, context_rows=rows, step=step, use_running_average=use_running_average))
+            x = norm()(x, context_rows=rows, step=step, use_running_average=use_running_average, relu_pool=relu_pool)
+            if relu_pool is None:
+                x = nn.relu(x)
                 if self.pool == "max":
                     x = max_pool(impl, x)
         x = x[rows:].reshape(x.shape[0] - rows, -1)
