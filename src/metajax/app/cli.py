@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, NamedTuple, cast
 
 from metajax import learner as registry
-from metajax.app import bench, continual, launch, plot, seeds
+from metajax.app import bench, continual, host_memory, launch, plot, seeds
 from metajax.app import config as config_file
 from metajax.app import rl as rl_app
 from metajax.app.errors import (
@@ -879,7 +879,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     given = list(sys.argv[1:] if argv is None else argv)
     args = run_command("train", lambda: parse(given), debug="--debug" in given)  # only train reads a --config
-    return run_command(args.command, lambda: COMMANDS[args.command](args), debug=args.debug)
+
+    def body() -> int:
+        host_memory.retain_freed_memory()  # before the command allocates its steps' buffers
+        return COMMANDS[args.command](args)
+
+    return run_command(args.command, body, debug=args.debug)
 
 
 if __name__ == "__main__":
