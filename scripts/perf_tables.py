@@ -22,8 +22,8 @@ Kinds and their options:
   ``(a, b)`` and a column per ``c``.
 * ``reproduce``: the lines of ``scripts/reproduce_fewshot.py``, one row each in file order:
   the protocol, the paper's figure, our test accuracy after the last test step (and
-  before any, for learners that adapt), the meta-steps and minutes trained, the commit and
-  the command that reruns it.
+  before any, for learners that adapt), the meta-steps and minutes trained, the commit
+  (``+`` when the tree had uncommitted changes) and the command that reruns it.
 
 Every kind takes ``where=field:value,field:v1|v2`` to keep only matching result lines.
 A file may hold several runs (each starts with its ``machine`` line); a cell whose runs
@@ -383,7 +383,8 @@ def reproduce_table(lines: list[dict]) -> str:
         if r["budget"].endswith(" steps"):
             command += f" --steps {r['budget'].split()[0]}"
         trained = f"{r['steps_trained']:,} meta-steps, {r['train_minutes']:.0f} min"
-        commit = (r.get("commit") or "-")[:7]
+        commit = r.get("commit") or "-"
+        commit = commit[:7] + ("+" if commit.endswith("+") else "")  # +: the tree had uncommitted changes
         body.append([r["protocol"], r["paper"], ours, trained, commit, f"`{command}`"])
     header = ["protocol", "paper (%)", "ours, test accuracy (%)", "trained", "commit", "command"]
     return markdown(header, body)

@@ -127,7 +127,7 @@ def test_reproduce_table_from_the_script_s_lines(tmp_path):
     assert table[0] == "| protocol | paper (%) | ours, test accuracy (%) | trained | commit | command |"
     assert table[2] == (
         "| maml-omniglot-20w1s | MAML 95.8 +- 0.3 (Finn et al. 2017, Table 1) | 85.46 +- 0.44 (2 steps; 5.00 before)"
-        " | 1,234 meta-steps, 18 min | 29d6fb9"
+        " | 1,234 meta-steps, 18 min | 29d6fb9+"  # + kept: that tree had uncommitted changes
         " | `python scripts/reproduce_fewshot.py --protocol maml-omniglot-20w1s --time-limit 18` |"
     )
     assert table[3] == (
