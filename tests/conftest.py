@@ -19,6 +19,10 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 # configurations do not feel. An XLA_FLAGS that sets the level already is left as it is.
 if "--xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_backend_optimization_level=0".strip()
+# The in-process CLI tests would set the host allocator to keep freed memory (metajax.app.host_memory),
+# made for one workload's steps; a test worker runs hundreds of workloads, so it keeps glibc's
+# defaults. tests/app/test_host_memory.py checks both settings in fresh processes.
+os.environ.setdefault("METAJAX_MALLOC", "default")
 
 import jax  # noqa: E402  (reads the variables above)
 import pytest  # noqa: E402
