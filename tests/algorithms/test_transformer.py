@@ -35,6 +35,22 @@ def test_prediction_ignores_the_support_order_and_reads_the_labels(tied_keys):
     assert not np.allclose(learner.predict(learner.adapt(params, other, None), episode.query_x), out, atol=1e-4)
 
 
+@pytest.mark.parametrize("feature_norm", [True, False])
+def test_feature_norm_makes_the_tokens_blind_to_the_features_scale_and_offset(feature_norm):
+    # A Conv4 embedding's features are about 20 times a one-hot label's norm; normalised, a
+    # positive scale and a common offset of the features change nothing.
+    episode = one_task(VectorTasks(ways=3))
+    embed = models.MLP(hidden=(16,), out=None)
+    learner = metajax.TransformerICL(embed, outputs=3, dim=16, heads=2, feature_norm=feature_norm)
+    params = learner.init(jax.random.key(0), episode)
+    adapted = learner.adapt(params, episode.support, None)
+    fq = models.MLP(hidden=(16,), out=None).apply({"params": params["embed"]}, episode.query_x)
+    net, variables = learner.sequence_model(), {"params": params["sequence"]}
+    out = net.apply(variables, adapted["features"], adapted["labels"], fq)
+    moved = net.apply(variables, 20 * adapted["features"] + 3, adapted["labels"], 20 * fq + 3)
+    assert np.allclose(moved, out, atol=1e-4) == feature_norm
+
+
 def test_each_query_is_answered_independently_of_the_others():
     assert_queries_answered_alone(_learner(), one_task(SINE))
 

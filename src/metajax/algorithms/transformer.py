@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from metajax._checks import check_positive_int
-from metajax.algorithms.incontext import InContextLearner
+from metajax.algorithms.incontext import FeatureNorm, InContextLearner
 from metajax.learner import Spec, register
 
 
@@ -63,11 +63,14 @@ class _InContext(nn.Module):
     heads: int
     outputs: int
     tied_keys: bool
+    feature_norm: bool
 
     @nn.compact
     def __call__(self, fs: jax.Array, ys: jax.Array, fq: jax.Array) -> jax.Array:
         """``fs``: ``[S, F]``, ``ys``: ``[S, L]``, ``fq``: ``[Q, F]`` -> ``[Q, outputs]``."""
         s, q = fs.shape[0], fq.shape[0]
+        if self.feature_norm:
+            fs, fq = FeatureNorm(name="features")(fs, fq)
         support = jnp.concatenate([fs, ys, jnp.ones((s, 1), fs.dtype)], axis=-1)
         queries = jnp.concatenate([fq, jnp.zeros((q, ys.shape[-1] + 1), fq.dtype)], axis=-1)
         h = nn.Dense(self.dim, name="tokens")(jnp.concatenate([support, queries]))
@@ -96,6 +99,14 @@ class TransformerICL(InContextLearner):
         heads: attention heads (``dim`` must be a multiple).
         tied_keys: start each key projection equal to its query projection (a learned
             offset from zero; ``False``: independent projections, both initialised at random).
+        feature_norm: bring the features to unit norm
+            (:class:`~metajax.algorithms.incontext.FeatureNorm`) before they join a token
+            beside the label and the support flag (``False``: the raw features). A Conv4
+            embedding's features have about 20 times the norm of a one-hot label; with them
+            raw, the tokens carry little of the label and meta-training sat at chance
+            (README, "Attention-based learners"). On sinusoid regression (an MLP embedding,
+            real targets) the raw features measured better, so the registry's
+            ``transformer`` turns it on for classification tasks only.
         objective: ``(predictions, targets) -> (loss, metrics)``; ``None`` follows the targets.
 
     Example:
@@ -111,6 +122,7 @@ class TransformerICL(InContextLearner):
     depth: int = 2
     heads: int = 4
     tied_keys: bool = True
+    feature_norm: bool = True
 
     def __post_init__(self):
         super().__post_init__()
@@ -121,10 +133,11 @@ class TransformerICL(InContextLearner):
 
     def sequence_model(self) -> _InContext:
         """The masked Transformer over support and query tokens."""
-        return _InContext(self.dim, self.depth, self.heads, self.outputs, self.tied_keys)
+        return _InContext(self.dim, self.depth, self.heads, self.outputs, self.tied_keys, self.feature_norm)
 
 
 @register("transformer", family="attention")
 def _transformer(spec: Spec, *, dim: int = 64, depth: int = 2, heads: int = 4) -> TransformerICL:
-    """The in-context learner on the features of ``spec.network(None)``."""
-    return TransformerICL(spec.network(None), spec.outputs, dim=dim, depth=depth, heads=heads)
+    """The in-context learner on the features of ``spec.network(None)``; ``feature_norm`` for classification only."""
+    classify = spec.kind == "classification"
+    return TransformerICL(spec.network(None), spec.outputs, dim=dim, depth=depth, heads=heads, feature_norm=classify)
