@@ -12,6 +12,7 @@ import pytest
 
 import metajax
 from helpers import VectorTasks, assert_queries_answered_alone, one_task
+from metajax import learner as registry
 from metajax import models, tasks
 from metajax.app import cli
 
@@ -77,3 +78,10 @@ def test_metajax_train_reports_the_query_mse_at_step_0(tmp_path):
     assert cli.main([*argv.split(), "--eval-tasks", "8", "--out", str(tmp_path), "--no-progress"]) == 0
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["eval"]["num_steps"] == 0 and len(metrics["eval"]["mse"]["mean"]) == 1
+
+
+def test_the_registry_normalises_features_for_classification_only():
+    def build(kind, outputs):
+        return registry.build("transformer", registry.Spec(kind, outputs, lambda out: models.MLP(out=out)))
+
+    assert build("classification", 5).feature_norm and not build("regression", 1).feature_norm
