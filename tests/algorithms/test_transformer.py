@@ -14,6 +14,7 @@ import metajax
 from helpers import VectorTasks, assert_queries_answered_alone, one_task
 from metajax import learner as registry
 from metajax import models, tasks
+from metajax.algorithms.protonet import flat_embedding
 from metajax.app import cli
 
 SINE = tasks.Sinusoid(shots=5, queries=6)
@@ -45,7 +46,7 @@ def test_feature_norm_makes_the_tokens_blind_to_the_features_scale_and_offset(fe
     learner = metajax.TransformerICL(embed, outputs=3, dim=16, heads=2, feature_norm=feature_norm)
     params = learner.init(jax.random.key(0), episode)
     adapted = learner.adapt(params, episode.support, None)
-    fq = models.MLP(hidden=(16,), out=None).apply({"params": params["embed"]}, episode.query_x)
+    fq = flat_embedding(embed, params["embed"], episode.query_x)
     net, variables = learner.sequence_model(), {"params": params["sequence"]}
     out = net.apply(variables, adapted["features"], adapted["labels"], fq)
     moved = net.apply(variables, 20 * adapted["features"] + 3, adapted["labels"], 20 * fq + 3)

@@ -42,20 +42,6 @@ def encode_labels(y: jax.Array, outputs: int, dtype) -> jax.Array:
     return y.astype(dtype)
 
 
-class FeatureNorm(nn.Module):
-    """Features layer-normalised (one learned scale and offset) and scaled to unit norm, a one-hot label's.
-
-    ``FeatureNorm()(f1, f2, ...)`` normalises each ``[examples, F]`` array with the same
-    parameters. A Conv4 embedding's features have about 20 times a one-hot label's norm:
-    concatenated raw into one token, they leave little room for the label.
-    """
-
-    @nn.compact
-    def __call__(self, *features: jax.Array) -> tuple[jax.Array, ...]:
-        norm = nn.LayerNorm()
-        return tuple(norm(f) / jnp.sqrt(f.shape[-1]).astype(f.dtype) for f in features)
-
-
 @dataclasses.dataclass(frozen=True)
 class InContextLearner:
     """Base of the in-context learners: embedding, label encoding and the shared protocol methods.
