@@ -21,6 +21,24 @@ def test_evaluate_reports_every_step_with_an_interval():
     assert again == out
 
 
+def test_evaluate_counts_the_tasks_an_inner_loop_diverged_on():
+    # A step size past the loss's curvature on the tasks of large amplitude: those tasks blow up.
+    learner = metajax.MAML(models.MLP(hidden=(16,), out=1), inner_lr=0.05)
+    task = tasks.Sinusoid(shots=5)
+    params = learner.init(jax.random.key(0), jax.tree.map(lambda a: a[0], task.sample(jax.random.key(1), 1)))
+    key = jax.random.key(2)
+    out = metajax.evaluate(learner, params, task, key=key, num_tasks=200, num_steps=10, batch_size=200)
+    # The same tasks, one at a time, counted here: evaluate draws one batch from its key's first split.
+    k_tasks, k_learn = jax.random.split(jax.random.split(key, 1)[0])
+    episodes, keys = task.sample(k_tasks, 200), jax.random.split(k_learn, 200)
+    one = jax.jit(lambda episode, k: learner.evaluate(params, episode, k, 10)["mse"])
+    per_task = np.stack([np.asarray(one(jax.tree.map(lambda a, i=i: a[i], episodes), keys[i])) for i in range(200)])
+    expected = (~np.isfinite(per_task)).sum(0)
+    assert out["mse"]["nonfinite"] == expected.tolist()
+    assert 0 < expected[-1] < 200 and expected[0] == 0  # some tasks diverged, not all; none before adapting
+    assert not np.isfinite(out["mse"]["mean"][-1]) and np.isfinite(out["mse"]["mean"][0])
+
+
 def test_confidence_interval_matches_formula():
     values = np.array([1.0, 2.0, 3.0, 4.0])
     mean, ci = metajax.confidence_interval(values)

@@ -49,9 +49,11 @@ def evaluate(
             normalise every input with ``bn="running"``); ``None`` or ``{}``: none.
 
     Returns:
-        ``{"num_tasks": n, "num_steps": s, metric: {"mean": [...], "ci95": [...]}}``: one
-        entry per adaptation step (``s + 1`` values, the first before adaptation; one
-        value for learners without inner steps). ``ci95`` is ``1.96 * std / sqrt(n)``.
+        ``{"num_tasks": n, "num_steps": s, metric: {"mean": [...], "ci95": [...], "nonfinite": [...]}}``:
+        one entry per adaptation step (``s + 1`` values, the first before adaptation; one
+        value for learners without inner steps). ``ci95`` is ``1.96 * std / sqrt(n)``;
+        ``nonfinite`` counts the tasks whose value is NaN or infinite (an inner loop that
+        diverged on them), which make that step's mean non-finite.
     """
     if isinstance(num_tasks, bool) or not isinstance(num_tasks, int) or num_tasks < 2:
         raise ValueError(f"num_tasks must be an integer >= 2 (for an interval), got {num_tasks!r}.")
@@ -97,9 +99,11 @@ def evaluate(
     per_task = jax.tree.map(lambda *xs: np.concatenate(xs)[:num_tasks], *chunks)
     summary: dict[str, Any] = {"num_tasks": num_tasks}
     for name, values in per_task.items():
-        mean, ci95 = confidence_interval(np.reshape(values, (num_tasks, -1)))
+        per_step = np.reshape(values, (num_tasks, -1))
+        mean, ci95 = confidence_interval(per_step)
         summary["num_steps"] = mean.size - 1
-        summary[name] = {"mean": mean.tolist(), "ci95": ci95.tolist()}
+        nonfinite = (~np.isfinite(per_step)).sum(0)
+        summary[name] = {"mean": mean.tolist(), "ci95": ci95.tolist(), "nonfinite": nonfinite.tolist()}
     return summary
 
 
@@ -115,7 +119,8 @@ def confidence_interval(values: Any) -> tuple[np.ndarray, np.ndarray]:
     values = np.asarray(values, np.float64)
     if values.shape[0] < 2:
         raise ValueError(f"confidence_interval needs at least 2 samples, got {values.shape[0]}.")
-    return values.mean(0), 1.96 * values.std(0, ddof=1) / math.sqrt(values.shape[0])
+    with np.errstate(invalid="ignore"):  # an infinite sample: mean inf, interval NaN, no warning
+        return values.mean(0), 1.96 * values.std(0, ddof=1) / math.sqrt(values.shape[0])
 
 
 def t_quantile(p: float, df: int) -> float:

@@ -324,3 +324,14 @@ def test_wandb_gets_the_documented_calls(tmp_path, monkeypatch):
     with pytest.raises(SystemExit, match=r"--wandb: wandb.init\(project='metajax', mode=None\) failed: api_key"):
         cli.main(tiny_sinusoid_run(tmp_path / "other", "maml", "--eval-tasks 2 --wandb"))
     assert not (tmp_path / "other" / "log.jsonl").exists()
+
+
+def test_summary_line_names_the_tasks_that_diverged():
+    ev = {"num_tasks": 600, "num_steps": 10,
+          "mse": {"mean": [3.0, 0.8] + [0.5] * 8 + [float("inf")], "ci95": [0.2] * 10 + [float("nan")],
+                  "nonfinite": [0] * 10 + [1]}}  # fmt: skip
+    line = cli._summary_line({"eval": ev})
+    assert line.startswith("mse on 600 new tasks, step 0: 3.0000 +- 0.2000, step 1: 0.8000 +- 0.2000")
+    assert line.endswith("step 10: inf +- nan (1 of 600 tasks non-finite)")
+    del ev["mse"]["nonfinite"]  # a --seeds summary carries means only
+    assert line.split(" (1 of")[0] == cli._summary_line({"eval": ev})

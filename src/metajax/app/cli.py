@@ -836,7 +836,12 @@ def _summary_line(result: dict) -> str:
     shown = sorted({0, 1, steps} & set(range(steps + 1)))
     if len(ev[metric]["mean"]) == 1:
         shown = [0]
-    parts = [f"step {s}: {ev[metric]['mean'][s]:.4f} +- {ev[metric]['ci95'][s]:.4f}" for s in shown]
+    nonfinite = ev[metric].get("nonfinite", [0] * len(ev[metric]["mean"]))  # absent from a --seeds summary
+    parts = [
+        f"step {s}: {ev[metric]['mean'][s]:.4f} +- {ev[metric]['ci95'][s]:.4f}"
+        + (f" ({nonfinite[s]} of {ev['num_tasks']} tasks non-finite)" if nonfinite[s] else "")
+        for s in shown
+    ]
     over = f" (mean of {ev['num_seeds']} seeds, t-interval across them)" if "num_seeds" in ev else ""
     return f"{metric} on {ev['num_tasks']} new tasks{over}, " + ", ".join(parts)
 
