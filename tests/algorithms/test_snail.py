@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -21,8 +22,9 @@ SINE = tasks.Sinusoid(shots=5, queries=4)
 ATTENTION = ((6, 4), (8, 5), (6, 3))
 
 
-def _learner(outputs: int = 1, attention=ATTENTION, filters: int = 7):
-    return metajax.SNAIL(models.MLP(hidden=(16,), out=None), outputs, attention=attention, filters=filters)
+def _learner(outputs: int = 1, attention=ATTENTION, filters: int = 7, feature_norm: bool = False):
+    embed = models.MLP(hidden=(16,), out=None)
+    return metajax.SNAIL(embed, outputs, attention=attention, filters=filters, feature_norm=feature_norm)
 
 
 def _reference(sequence_params: dict, tokens: np.ndarray, attention, filters: int) -> np.ndarray:
@@ -53,10 +55,23 @@ def _reference(sequence_params: dict, tokens: np.ndarray, attention, filters: in
     return apply(sequence_params["readout"], h[-1])
 
 
+def _unit(features: np.ndarray, norm: dict) -> np.ndarray:
+    """Layer norm (flax's epsilon 1e-6) with the learned scale and offset, then divided by sqrt(F)."""
+    centred = features - features.mean(-1, keepdims=True)
+    normed = centred / np.sqrt((centred**2).mean(-1, keepdims=True) + 1e-6) * norm["scale"] + norm["bias"]
+    return normed / math.sqrt(features.shape[-1])
+
+
+@pytest.mark.parametrize("feature_norm", [False, True])
 @pytest.mark.parametrize("task, outputs", [(SINE, 1), (VectorTasks(ways=3, shots=2, queries=2), 3)])
-def test_every_query_equals_the_papers_sequence_of_the_support_set_then_that_query(task, outputs):
-    learner, episode = _learner(outputs), one_task(task)
+def test_every_query_equals_the_papers_sequence_of_the_support_set_then_that_query(task, outputs, feature_norm):
+    learner, episode = _learner(outputs, feature_norm=feature_norm), one_task(task)
     params = learner.init(jax.random.key(0), episode)
+    if feature_norm:  # a learned scale and offset other than the initial ones and zeros
+        width = params["sequence"]["features"]["scale"].shape
+        k_scale, k_bias = jax.random.split(jax.random.key(1))
+        params["sequence"]["features"] = {"scale": 1 + jax.random.normal(k_scale, width),
+                                          "bias": jax.random.normal(k_bias, width)}  # fmt: skip
     out = learner.predict(learner.adapt(params, episode.support, None), episode.query_x)
     embed = metajax.algorithms.protonet.flat_embedding
     fs = np.asarray(embed(learner.embed, params["embed"], episode.support_x), np.float64)
@@ -64,6 +79,9 @@ def test_every_query_equals_the_papers_sequence_of_the_support_set_then_that_que
     sy = episode.support_y
     labels = np.asarray(jax.nn.one_hot(sy, outputs) if sy.dtype == jnp.int32 else sy, np.float64)
     seq_params = jax.tree.map(lambda a: np.asarray(a, np.float64), params["sequence"])
+    if feature_norm:  # metajax's departure from the paper: unit-norm features beside the labels
+        norm = seq_params.pop("features")
+        fs, fq = _unit(fs, norm), _unit(fq, norm)
     for i in range(fq.shape[0]):
         tokens = np.concatenate([np.concatenate([fs, labels], 1), np.concatenate([fq[i], np.zeros(outputs)])[None]])
         np.testing.assert_allclose(out[i], _reference(seq_params, tokens, ATTENTION, 7), rtol=2e-4, atol=2e-5)
@@ -129,7 +147,7 @@ def test_the_support_sequence_is_shuffled_by_the_key_only():
     shuffled = learner.predict(learner.adapt(params, episode.support, key), episode.query_x)
     by_hand = learner.adapt(params, (episode.support_x[order], episode.support_y[order]), None)
     np.testing.assert_allclose(shuffled, learner.predict(by_hand, episode.query_x), rtol=1e-5, atol=1e-6)
-    fixed = metajax.SNAIL(learner.embed, 1, attention=ATTENTION, filters=7, shuffle_support=False)
+    fixed = dataclasses.replace(learner, shuffle_support=False)
     np.testing.assert_allclose(
         fixed.predict(fixed.adapt(params, episode.support, key), episode.query_x),
         learner.predict(learner.adapt(params, episode.support, None), episode.query_x),

@@ -81,8 +81,9 @@ def test_metajax_train_reports_the_query_mse_at_step_0(tmp_path):
     assert metrics["eval"]["num_steps"] == 0 and len(metrics["eval"]["mse"]["mean"]) == 1
 
 
-def test_the_registry_normalises_features_for_classification_only():
+@pytest.mark.parametrize("algo", ["transformer", "snail"])
+def test_the_registry_normalises_features_for_classification_only(algo):
     def build(kind, outputs):
-        return registry.build("transformer", registry.Spec(kind, outputs, lambda out: models.MLP(out=out)))
+        return registry.build(algo, registry.Spec(kind, outputs, lambda out: models.MLP(out=out)))
 
     assert build("classification", 5).feature_norm and not build("regression", 1).feature_norm

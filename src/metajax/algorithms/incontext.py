@@ -42,6 +42,17 @@ def encode_labels(y: jax.Array, outputs: int, dtype) -> jax.Array:
     return y.astype(dtype)
 
 
+def unit_features(fs: jax.Array, fq: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Support and query features ``[S, F]``, ``[Q, F]`` layer-normalised, then divided by ``sqrt(F)``.
+
+    Called inside a sequence model's ``nn.compact`` method: one ``LayerNorm`` (parameters
+    ``features/{scale,bias}``) for both, so a token's features have about a one-hot
+    label's unit norm whatever the embedding's scale.
+    """
+    norm = nn.LayerNorm(name="features")
+    return norm(fs) / fs.shape[-1] ** 0.5, norm(fq) / fq.shape[-1] ** 0.5
+
+
 @dataclasses.dataclass(frozen=True)
 class InContextLearner:
     """Base of the in-context learners: embedding, label encoding and the shared protocol methods.
@@ -61,12 +72,21 @@ class InContextLearner:
             ``key`` (none without a key). For models that read the support set in order:
             the few-shot tasks' support sets are class-major, so without it labels would
             sit at fixed positions and a sequence model could learn positions, not labels.
+        feature_norm: the sequence model layer-normalises the features (one learned scale
+            and offset) and brings them to unit norm before they join a token beside the
+            label (``False``: the raw features), with :func:`unit_features`. A Conv4
+            embedding's features have about 20 times the norm of a one-hot label; with
+            them raw, the tokens carry little of the label and meta-training sat at chance
+            (README, "Attention-based learners"). On sinusoid regression (an MLP embedding,
+            real targets) the raw features measured better, so the registry turns it on
+            for classification tasks only.
     """
 
     embed: nn.Module
     outputs: int
     objective: Callable | None = dataclasses.field(default=None, kw_only=True)
     shuffle_support: bool = dataclasses.field(default=False, kw_only=True)
+    feature_norm: bool = dataclasses.field(default=True, kw_only=True)
 
     def __post_init__(self):
         check_positive_int("outputs", self.outputs)

@@ -17,6 +17,12 @@ support set in order: its prediction depends on that order, so the support token
 shuffled per episode (``shuffle_support``, from the episode's key), as the paper's
 sequences are; the few-shot tasks' class-major support sets would otherwise put each
 label at a fixed position.
+
+One departure from the paper, measured: the features are layer-normalised and brought to
+unit norm before they join the one-hot label (``feature_norm``, on for classification;
+the paper concatenates the raw Conv4 features, whose norm is about 20 times the label's).
+On Omniglot 5-way 1-shot, 300 meta-steps from the same start and episodes, test accuracy
+was 81.2 % with it and 35.0 % without (README, "Attention-based learners").
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ import jax
 import jax.numpy as jnp
 
 from metajax._checks import check_positive_int
-from metajax.algorithms.incontext import InContextLearner
+from metajax.algorithms.incontext import InContextLearner, unit_features
 from metajax.learner import Spec, register
 
 # The paper's stack for few-shot classification: (key size, value size) of each attention
@@ -53,10 +59,13 @@ class _Sequence(nn.Module):
     outputs: int
     attention: tuple[tuple[int, int], ...]
     filters: int
+    feature_norm: bool
 
     @nn.compact
     def __call__(self, fs: jax.Array, ys: jax.Array, fq: jax.Array) -> jax.Array:
         s, q = fs.shape[0], fq.shape[0]
+        if self.feature_norm:
+            fs, fq = unit_features(fs, fq)
         h = jnp.concatenate(
             [jnp.concatenate([fs, ys], axis=-1), jnp.concatenate([fq, jnp.zeros((q, ys.shape[-1]), fq.dtype)], -1)]
         )
@@ -96,9 +105,9 @@ class _Sequence(nn.Module):
 class SNAIL(InContextLearner):
     """SNAIL: the support sequence through TC and causal attention blocks, the query read at its position.
 
-    Embedding, label encoding, protocol methods and parameters ``{"embed", "sequence"}``
-    as in :class:`~metajax.algorithms.incontext.InContextLearner`; the support size ``S``
-    is fixed by the episode's shape, so one compilation serves a run.
+    Embedding, label encoding, ``feature_norm``, protocol methods and parameters
+    ``{"embed", "sequence"}`` as in :class:`~metajax.algorithms.incontext.InContextLearner`;
+    the support size ``S`` is fixed by the episode's shape, so one compilation serves a run.
 
     Attributes:
         embed: flax module ``x [examples, *features] -> features [examples, ...]``, the
@@ -137,10 +146,11 @@ class SNAIL(InContextLearner):
 
     def sequence_model(self) -> _Sequence:
         """The TC and attention stack over support and query tokens."""
-        return _Sequence(self.outputs, self.attention, self.filters)
+        return _Sequence(self.outputs, self.attention, self.filters, self.feature_norm)
 
 
 @register("snail", family="attention")
 def _snail(spec: Spec, *, attention: tuple[tuple[int, int], ...] = ATTENTION, filters: int = TC_FILTERS) -> SNAIL:
-    """SNAIL on the features of ``spec.network(None)``, the paper's stack by default."""
-    return SNAIL(spec.network(None), spec.outputs, attention=attention, filters=filters)
+    """SNAIL on the features of ``spec.network(None)``, the paper's stack; ``feature_norm`` for classification only."""
+    classify = spec.kind == "classification"
+    return SNAIL(spec.network(None), spec.outputs, attention=attention, filters=filters, feature_norm=classify)

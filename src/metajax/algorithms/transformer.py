@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from metajax._checks import check_positive_int
-from metajax.algorithms.incontext import InContextLearner
+from metajax.algorithms.incontext import InContextLearner, unit_features
 from metajax.learner import Spec, register
 
 
@@ -69,9 +69,8 @@ class _InContext(nn.Module):
     def __call__(self, fs: jax.Array, ys: jax.Array, fq: jax.Array) -> jax.Array:
         """``fs``: ``[S, F]``, ``ys``: ``[S, L]``, ``fq``: ``[Q, F]`` -> ``[Q, outputs]``."""
         s, q = fs.shape[0], fq.shape[0]
-        if self.feature_norm:  # layer-normalised, then unit norm: a one-hot label's
-            norm = nn.LayerNorm(name="features")
-            fs, fq = norm(fs) / fs.shape[-1] ** 0.5, norm(fq) / fq.shape[-1] ** 0.5
+        if self.feature_norm:
+            fs, fq = unit_features(fs, fq)
         support = jnp.concatenate([fs, ys, jnp.ones((s, 1), fs.dtype)], axis=-1)
         queries = jnp.concatenate([fq, jnp.zeros((q, ys.shape[-1] + 1), fq.dtype)], axis=-1)
         h = nn.Dense(self.dim, name="tokens")(jnp.concatenate([support, queries]))
@@ -88,8 +87,8 @@ class TransformerICL(InContextLearner):
 
     Labels are integers in ``[0, outputs)`` for classification (one-hot encoded) or
     real-valued ``[examples, outputs]`` targets for regression; the objective follows them
-    unless given. Embedding, protocol methods and parameters ``{"embed", "sequence"}`` as
-    in :class:`~metajax.algorithms.incontext.InContextLearner`.
+    unless given. Embedding, ``feature_norm``, protocol methods and parameters
+    ``{"embed", "sequence"}`` as in :class:`~metajax.algorithms.incontext.InContextLearner`.
 
     Attributes:
         embed: flax module ``x [examples, *features] -> features [examples, ...]``
@@ -100,13 +99,6 @@ class TransformerICL(InContextLearner):
         heads: attention heads (``dim`` must be a multiple).
         tied_keys: start each key projection equal to its query projection (a learned
             offset from zero; ``False``: independent projections, both initialised at random).
-        feature_norm: layer-normalise the features (one learned scale and offset) and bring
-            them to unit norm before they join a token beside the label and the support flag
-            (``False``: the raw features). A Conv4 embedding's features have about 20 times
-            the norm of a one-hot label; with them raw, the tokens carry little of the label
-            and meta-training sat at chance (README, "Attention-based learners"). On sinusoid
-            regression (an MLP embedding, real targets) the raw features measured better, so
-            the registry's ``transformer`` turns it on for classification tasks only.
         objective: ``(predictions, targets) -> (loss, metrics)``; ``None`` follows the targets.
 
     Example:
@@ -122,7 +114,6 @@ class TransformerICL(InContextLearner):
     depth: int = 2
     heads: int = 4
     tied_keys: bool = True
-    feature_norm: bool = True
 
     def __post_init__(self):
         super().__post_init__()
