@@ -1,4 +1,4 @@
-"""How long the Transformer in-context learner sits at chance on Omniglot, with and without each of its remedies.
+"""How long an in-context learner sits at chance on Omniglot, with and without each of its remedies.
 
 Meta-trained from scratch, an in-context classifier predicts at chance until its attention
 matches each query with its class's support tokens and its tokens carry the labels to the
@@ -6,7 +6,8 @@ queries (a plateau). Two options of :class:`metajax.TransformerICL` shorten it, 
 default: ``tied_keys`` starts each key projection equal to its query projection, so
 attention starts as a similarity of tokens; ``feature_norm`` brings the features to a
 one-hot label's norm before they share a token with the label. ``--compare`` names the one
-to switch (the other stays on). The script trains both settings on the same episodes
+to switch (the other stays on). ``--learner snail`` runs :class:`metajax.SNAIL` (the paper's
+stack) instead, where only ``feature_norm`` applies. The script trains both settings on the same episodes
 (Omniglot 5-way 1-shot, Vinyals split, 5 queries per class, meta-batch 32, Adam 1e-3) and
 prints one JSON line per run: the training-accuracy curve, the first logged step above
 ``--escape`` (default 0.3; chance is 0.2) and the test accuracy on ``--eval-tasks`` new
@@ -17,6 +18,7 @@ minute on two CPU cores; ``--embedding conv4`` uses the README's Conv4-64 (sever
 
     python scripts/icl_plateau.py --steps 1000 --seeds 0,1 > docs/results/icl-plateau-omniglot-cpu.jsonl
     python scripts/icl_plateau.py --embedding conv4 --compare feature_norm --steps 300 --seeds 0,1
+    python scripts/icl_plateau.py --learner snail --embedding conv4 --compare feature_norm --steps 300 --seeds 0,1
 
 Data: ``--data-root`` or ``$METAJAX_DATA`` (see ``metajax.datasets``).
 """
@@ -50,7 +52,10 @@ class FlatMLP(nn.Module):
 def run(switched: bool, seed: int, args: argparse.Namespace, bench: tasks.Benchmark) -> dict:
     """One meta-training run, ``args.compare`` set to ``switched``, and its test accuracy; the JSON line."""
     embed = models.Conv4(filters=64, pool="max", out=None) if args.embedding == "conv4" else FlatMLP()
-    learner = metajax.TransformerICL(embed, outputs=5, **{args.compare: switched})
+    if args.learner == "snail":
+        learner = metajax.SNAIL(embed, outputs=5, feature_norm=switched)
+    else:
+        learner = metajax.TransformerICL(embed, outputs=5, **{args.compare: switched})
     key_train, key_eval = jax.random.split(jax.random.key(seed))
     start = time.perf_counter()
     state, history = metajax.train(learner, bench.train, optax.adam(1e-3), key=key_train, num_steps=args.steps,
@@ -61,8 +66,9 @@ def run(switched: bool, seed: int, args: argparse.Namespace, bench: tasks.Benchm
     escaped = next((h["step"] for h in curve if h["accuracy"] > args.escape), None)
     return {
         "kind": "result",
+        "learner": args.learner,
         "compare": args.compare,
-        "tied_keys": learner.tied_keys,
+        "tied_keys": getattr(learner, "tied_keys", None),
         "feature_norm": learner.feature_norm,
         "seed": seed,
         "embedding": args.embedding,
@@ -83,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=1000, help="meta-steps per run")
     parser.add_argument("--seeds", default="0,1", help="comma-separated seeds")
+    parser.add_argument("--learner", choices=("transformer", "snail"), default="transformer")
     parser.add_argument("--embedding", choices=("mlp", "conv4"), default="mlp")
     parser.add_argument("--compare", choices=("tied_keys", "feature_norm"), default="tied_keys",
                         help="the option trained on and off (the other stays on)")  # fmt: skip
@@ -91,6 +98,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--eval-tasks", type=int, default=1000, help="test episodes (15 queries per class)")
     parser.add_argument("--data-root", type=Path, default=None, help="dataset folder (default: $METAJAX_DATA)")
     args = parser.parse_args(argv)
+    if args.learner == "snail" and args.compare != "feature_norm":
+        parser.error(f"--compare {args.compare}: SNAIL has no such option; --learner snail compares feature_norm")
     for name in ("steps", "log_every", "eval_tasks"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(args, name)}")
