@@ -139,6 +139,7 @@ def test_random_baseline_is_evaluated_at_its_initialisation(tmp_path):
         ),
         (["--task", "nav2d", "--algo", "maml-rl", "--ways", "5"], "--ways does not apply to --task nav2d"),
         (["--task", "nav2d", "--algo", "maml-rl", "--test-query", "5"], "--test-query does not apply to --task nav2d"),
+        (["--task", "nav2d", "--algo", "maml-rl", "--shots", "5"], "--shots does not apply to --task nav2d"),
     ],
 )
 def test_rl_flags_that_do_not_apply_are_refused(tmp_path, argv, message, capsys):

@@ -78,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     t.add_argument("--algo", choices=ALGORITHMS, default="maml", help="learner (default: maml)")
     t.add_argument("--task", choices=TASKS, default="sinusoid", help="task distribution (default: sinusoid)")
-    t.add_argument("--shots", type=int, default=10, help="support examples per task or class (default 10)")
+    t.add_argument("--shots", type=int, default=None, help="support examples per task or class (default 10)")
     t.add_argument(
         "--query",
         type=int,
@@ -383,7 +383,7 @@ LEGACY_DEFAULTS: dict[str, dict[str, object]] = {"imaml": {"imaml_cg_damping": 0
 # fewer).
 TRAINED_STEPS_AT_TEST = ("metasgd", "anil", "imaml", "maml++")
 # The supervised defaults of the flags whose RL defaults differ (rl_app.DEFAULTS).
-SUPERVISED_DEFAULTS = {"inner_lr": 0.01, "meta_batch": 25, "steps": 70000, "log_every": 1000}
+SUPERVISED_DEFAULTS = {"shots": 10, "inner_lr": 0.01, "meta_batch": 25, "steps": 70000, "log_every": 1000}
 
 
 def _check_args(args: argparse.Namespace) -> None:
@@ -393,8 +393,8 @@ def _check_args(args: argparse.Namespace) -> None:
     check_finite(args)
     check_seed(args.seed)
     trained = args.algo not in rl_app.UNTRAINED  # the random baseline takes 0 meta-steps
-    check_positive_ints(args, ("shots", "meta_batch", "inner_steps", *(("steps",) if trained else ()), "log_every"))
-    optional = ("query", "test_query", "ways", "train_ways", "steps_per_call", "filters", "lr_decay_every")
+    check_positive_ints(args, ("meta_batch", "inner_steps", *(("steps",) if trained else ()), "log_every"))
+    optional = ("shots", "query", "test_query", "ways", "train_ways", "steps_per_call", "filters", "lr_decay_every")
     check_positive_ints(args, (*optional, "imaml_cg_steps", "epoch_steps"), optional=True)
     check_eval(args)
     if args.checkpoint_every is not None and args.checkpoint_every < 0:
@@ -469,10 +469,10 @@ def _refuse_inapplicable(args: argparse.Namespace) -> None:
     rl_app.check(args, given)
     if args.task in ("sinusoid", *rl_app.TASKS) and given(IMAGE_FLAGS):
         raise CommandError(f"{given(IMAGE_FLAGS)} does not apply to --task {args.task}; it sets the image tasks.")
-    if args.task in rl_app.TASKS and given(("query", "test_query")):
+    if args.task in rl_app.TASKS and given(("shots", "query", "test_query")):
         raise CommandError(
-            f"{given(('query', 'test_query'))} does not apply to --task {args.task}; its episodes are rollouts "
-            "(--episodes, --horizon)."
+            f"{given(('shots', 'query', 'test_query'))} does not apply to --task {args.task}; its episodes are "
+            "rollouts (--episodes, --horizon)."
         )
     for algo, names in LEARNER_FLAGS.items():
         if args.algo != algo and given(names):
