@@ -12,6 +12,11 @@ from it::
     python scripts/rl_nav2d.py table docs/results/nav2d-cpu.json
     python scripts/rl_nav2d.py plot docs/results/nav2d-cpu.json docs/nav2d-return.png
 
+``collect``, ``table`` and ``plot`` serve the other RL tasks' runs too (the half-cheetahs'
+``--task cheetah-vel|cheetah-dir``); the plot is titled by the runs' task::
+
+    python scripts/rl_nav2d.py collect runs/cheetah-vel > docs/results/cheetah-vel-cpu.json
+
 ``trajectories`` draws a trained run's paths to a few new goals before and after each
 adaptation step (MAML's Figure 5, right), with the JSON behind the figure::
 
@@ -33,6 +38,9 @@ LABELS = {
     "pretrained": "pretrained + fine-tuning",
     "random": "random init + fine-tuning",
 }
+
+
+TITLES = {"nav2d": "2D navigation", "cheetah-vel": "half-cheetah velocity", "cheetah-dir": "half-cheetah direction"}
 
 
 def env_steps_per_task(config: dict) -> int:
@@ -93,7 +101,8 @@ def plot(result: dict, path: Path) -> None:
 
     runs = result["runs"]
     names = [n for n in LABELS if n in runs] + [n for n in runs if n not in LABELS]
-    plot_adaptation({LABELS.get(n, n): runs[n]["eval"] for n in names}, path, title="2D navigation, new tasks")
+    task = runs[names[0]]["config"]["task"]
+    plot_adaptation({LABELS.get(n, n): runs[n]["eval"] for n in names}, path, title=f"{TITLES[task]}, new tasks")
 
 
 def trajectories(run: Path, goals: int, steps: int, seed: int) -> dict:

@@ -99,11 +99,15 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument(
         "--filters", type=int, default=None, help="Conv4 filters (default: 64 Omniglot, 32 miniImageNet MAML)"
     )
-    t.add_argument("--meta-batch", type=int, default=None, help="tasks per meta-step (default 25; 20 on nav2d)")
+    t.add_argument(
+        "--meta-batch", type=int, default=None, help="tasks per meta-step (default 25; 20 on nav2d, 40 on the cheetahs)"
+    )
     t.add_argument(
         "--inner-steps", type=int, default=None, help="inner steps during meta-training (default 1; imaml 10)"
     )
-    t.add_argument("--inner-lr", type=float, default=None, help="inner SGD step size (default 0.01; 0.1 on nav2d)")
+    t.add_argument(
+        "--inner-lr", type=float, default=None, help="inner SGD step size (default 0.01; 0.1 on the RL tasks)"
+    )
     t.add_argument("--meta-lr", type=float, default=1e-3, help="Adam step size of the outer loop (default 1e-3)")
     t.add_argument("--lr-decay-every", type=int, default=None, help="halve the meta step size every N steps")
     t.add_argument(
@@ -116,7 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument(
         "--min-meta-lr", type=float, default=None, help="the cosine schedule's final meta step size (default 1e-5)"
     )
-    t.add_argument("--steps", type=int, default=None, help="meta-steps (default 70000; 500 on nav2d)")
+    t.add_argument("--steps", type=int, default=None, help="meta-steps (default 70000; 500 on the RL tasks)")
     t.add_argument("--time-limit", type=float, default=None, help="stop meta-training after this many minutes")
     t.add_argument("--seed", type=int, default=0, help="PRNG seed in [0, 2**32) (default 0)")
     t.add_argument(
@@ -132,7 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=None,
         help=f"inner steps at meta-test (default: --inner-steps for {', '.join(TRAINED_STEPS_AT_TEST)}; "
-        "else 10, 3 on Omniglot and nav2d)",
+        "else 10, 3 on Omniglot and the RL tasks)",
     )
     t.add_argument(
         "--feat-contrastive",
@@ -198,7 +202,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--steps-per-call", type=int, default=None, help="meta-steps per dispatch (default: 100 for sinusoid)"
     )
     t.add_argument(
-        "--log-every", type=int, default=None, help="meta-steps per logged training entry (default 1000; 10 on nav2d)"
+        "--log-every",
+        type=int,
+        default=None,
+        help="meta-steps per logged training entry (default 1000; 10 on the RL tasks)",
     )
     t.add_argument(
         "--task-batching", choices=("vmap", "map"), default=None, help="how tasks are batched (default: per backend)"

@@ -1,7 +1,8 @@
-"""``metajax train --task nav2d``: meta-reinforcement learning through the train command's run machinery.
+"""``metajax train --task nav2d|cheetah-vel|cheetah-dir``: meta-RL through the train command's run machinery.
 
-The task is an environment (:class:`metajax.rl.Navigation2D`, MAML's 2D navigation) that
-the trainer sees as :class:`metajax.rl.EnvTasks`; the learners are those of
+The task is an environment (:class:`metajax.rl.Navigation2D`, MAML's 2D navigation;
+:class:`metajax.rl.HalfCheetahVel` and :class:`metajax.rl.HalfCheetahDir`, its Brax
+locomotion tasks) that the trainer sees as :class:`metajax.rl.EnvTasks`; the learners are those of
 :mod:`metajax.rl.registry`. Run folders, ``metrics.json``, checkpoints, ``--resume`` and
 ``metajax eval`` are the supervised ones; ``eval`` holds, per adaptation step, the mean
 and ci95 of ``return`` (the undiscounted return of an episode, averaged over the task's
@@ -15,7 +16,7 @@ import argparse
 from metajax.app.errors import CommandError, flag
 from metajax.rl import objectives, registry
 
-TASKS = ("nav2d",)
+TASKS = ("nav2d", "cheetah-vel", "cheetah-dir")
 ALGORITHMS = registry.NAMES
 UNTRAINED = registry.UNTRAINED
 # Flags of the RL tasks only; the estimator flags of maml-rl only; the outer-step flags of promp only.
@@ -36,6 +37,8 @@ DEFAULTS = {
     "estimator": "dice",
     "first_order": False,
 }
+# Its locomotion protocol where it differs: 40 tasks per meta-step, horizon 200.
+TASK_DEFAULTS = {"cheetah-vel": {"meta_batch": 40, "horizon": 200}, "cheetah-dir": {"meta_batch": 40, "horizon": 200}}
 # ProMP's reference settings (Rothfuss et al., 2019: num_ppo_steps=5, clip_eps=0.2), filled
 # for --algo promp only, so the other learners' run records (and their resumes) are unchanged.
 PROMP_DEFAULTS = {"outer_steps": 5, "clip_eps": 0.2}
@@ -43,8 +46,10 @@ PROMP_DEFAULTS = {"outer_steps": 5, "clip_eps": 0.2}
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The RL flags of ``metajax train``."""
-    parser.add_argument("--episodes", type=int, default=None, help="nav2d: episodes per task and inner step (20)")
-    parser.add_argument("--horizon", type=int, default=None, help="nav2d: steps per episode (default 100)")
+    parser.add_argument("--episodes", type=int, default=None, help="RL tasks: episodes per task and inner step (20)")
+    parser.add_argument(
+        "--horizon", type=int, default=None, help="RL tasks: steps per episode (default 100; 200 on the cheetahs)"
+    )
     parser.add_argument(
         "--estimator",
         choices=objectives.ESTIMATORS,
@@ -96,7 +101,8 @@ def check(args: argparse.Namespace, given) -> None:
 
 def fill_defaults(args: argparse.Namespace) -> None:
     """The RL defaults of the flags not given (``--steps 0`` for the untrained baseline, ProMP's for promp)."""
-    defaults = {**DEFAULTS, "steps": 0} if args.algo in UNTRAINED else DEFAULTS
+    defaults = {**DEFAULTS, **TASK_DEFAULTS.get(args.task, {})}
+    defaults = {**defaults, "steps": 0} if args.algo in UNTRAINED else defaults
     for name, value in {**defaults, **(PROMP_DEFAULTS if args.algo == "promp" else {})}.items():
         if getattr(args, name) is None:
             setattr(args, name, value)
@@ -113,7 +119,8 @@ def build(args: argparse.Namespace):
     """``(task, learner)`` of ``--task`` and ``--algo``: the environment's tasks and the RL learner."""
     from metajax import rl
 
-    env = rl.Navigation2D(horizon=args.horizon)
+    environments = {"nav2d": rl.Navigation2D, "cheetah-vel": rl.HalfCheetahVel, "cheetah-dir": rl.HalfCheetahDir}
+    env = environments[args.task](horizon=args.horizon)
     learner = registry.build(
         args.algo,
         env,
