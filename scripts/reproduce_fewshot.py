@@ -81,6 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--progress", action="store_true", help="show progress bars")
     args = parser.parse_args(argv)
     host_memory.retain_freed_memory()  # as `metajax train` does
+    code = commit()  # the code this process imported: read now, not after the runs, when the checkout may have moved
     names = sorted(PROTOCOLS) if args.protocol == "all" else args.protocol.split(",")
     for name in names:
         if name not in PROTOCOLS:
@@ -107,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
             "ci95_percent": [100 * c for c in accuracy["ci95"]],
             "test_episodes": result["eval"]["num_tasks"],
             "machine": {**result["machine"], "load_avg_at_end": list(os.getloadavg())},
-            "commit": commit(),
+            "commit": code,
         }
         print(json.dumps(line), flush=True)
     return 0
