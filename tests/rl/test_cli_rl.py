@@ -101,9 +101,12 @@ def test_random_baseline_is_evaluated_at_its_initialisation(tmp_path):
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["--algo", "maml-rl"], "--algo maml-rl needs an RL task (nav2d, cheetah-vel, cheetah-dir), not --task sinusoid."),
+        (
+            ["--algo", "maml-rl"],
+            "--algo maml-rl needs an RL task (nav2d, cheetah-vel, cheetah-dir), not --task sinusoid",
+        ),
         (["--task", "nav2d"], "--algo maml needs a supervised task, not --task nav2d; the RL learners are"),
-        (["--episodes", "5"], "--episodes applies to the RL tasks (nav2d, cheetah-vel, cheetah-dir) only, not --task sinusoid."),
+        (["--episodes", "5"], "--episodes applies to the RL tasks (nav2d, cheetah-vel, cheetah-dir) only, not --task"),
         (
             ["--task", "nav2d", "--algo", "pretrained", "--estimator", "lvc"],
             "--estimator applies to --algo maml-rl only, not --algo pretrained.",

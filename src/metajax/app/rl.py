@@ -19,9 +19,12 @@ from metajax.rl import objectives, registry
 TASKS = ("nav2d", "cheetah-vel", "cheetah-dir")
 ALGORITHMS = registry.NAMES
 UNTRAINED = registry.UNTRAINED
-# Flags of the RL tasks only; the estimator flags of maml-rl only; the outer-step flags of promp only.
-FLAGS = ("episodes", "horizon", "estimator", "first_order", "outer_steps", "clip_eps")
-ALGO_FLAGS = {"maml-rl": ("estimator", "first_order"), "promp": ("outer_steps", "clip_eps")}
+# Flags of the RL tasks only; the estimator flags of maml-rl only; the outer-step flags of promp
+# only; the trust region of maml-trpo only.
+FLAGS = ("episodes", "horizon", "estimator", "first_order", "outer_steps", "clip_eps", "max_kl")
+ALGO_FLAGS = {"maml-rl": ("estimator", "first_order"), "promp": ("outer_steps", "clip_eps"), "maml-trpo": ("max_kl",)}
+# The learners whose meta-step is their own (metajax.learner.MetaUpdater): one device, tasks vmapped.
+META_UPDATERS = ("promp", "maml-trpo")
 # MAML's 2D navigation protocol (Finn et al., 2017, sec. 5.3 and appendix): 20 episodes per
 # task and step, inner step size 0.1, horizon 100, evaluated after up to 3 steps.
 DEFAULTS = {
@@ -39,9 +42,10 @@ DEFAULTS = {
 }
 # Its locomotion protocol where it differs: 40 tasks per meta-step, horizon 200.
 TASK_DEFAULTS = {"cheetah-vel": {"meta_batch": 40, "horizon": 200}, "cheetah-dir": {"meta_batch": 40, "horizon": 200}}
-# ProMP's reference settings (Rothfuss et al., 2019: num_ppo_steps=5, clip_eps=0.2), filled
-# for --algo promp only, so the other learners' run records (and their resumes) are unchanged.
-PROMP_DEFAULTS = {"outer_steps": 5, "clip_eps": 0.2}
+# ProMP's reference settings (Rothfuss et al., 2019: num_ppo_steps=5, clip_eps=0.2) and MAML's
+# trust region (rllab's max_kl 0.01), filled for their learner only, so the other learners' run
+# records (and their resumes) are unchanged.
+OWN_DEFAULTS = {"promp": {"outer_steps": 5, "clip_eps": 0.2}, "maml-trpo": {"max_kl": 0.01}}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -63,6 +67,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--clip-eps", type=float, default=None, help="promp: PPO clip range of the likelihood ratio (0.2)"
     )
+    parser.add_argument(
+        "--max-kl", type=float, default=None, help="maml-trpo: trust region, the mean KL one meta-step may move (0.01)"
+    )
 
 
 def check(args: argparse.Namespace, given) -> None:
@@ -83,7 +90,7 @@ def check(args: argparse.Namespace, given) -> None:
     for algo, names in ALGO_FLAGS.items():
         if rl_algo and args.algo != algo and given(names):
             raise CommandError(f"{given(names)} applies to --algo {algo} only, not --algo {args.algo}.")
-    if args.algo == "promp":  # its meta-update is its own (metajax.learner.MetaUpdater): one device, tasks vmapped
+    if args.algo in META_UPDATERS:
         spread = {
             "--task-batching map": args.task_batching == "map",
             "--devices": args.devices not in (None, 1),
@@ -93,22 +100,26 @@ def check(args: argparse.Namespace, given) -> None:
         name = next((name for name, given_here in spread.items() if given_here), None)
         if name is not None:
             raise CommandError(
-                f"{name} does not apply to --algo promp: it meta-updates on one device, its tasks vmapped."
+                f"{name} does not apply to --algo {args.algo}: it meta-updates on one device, its tasks vmapped."
             )
     if args.algo in UNTRAINED and given(("steps",)):
         raise CommandError(f"--algo {args.algo} is not meta-trained (0 meta-steps); drop --steps.")
 
 
 def fill_defaults(args: argparse.Namespace) -> None:
-    """The RL defaults of the flags not given (``--steps 0`` for the untrained baseline, ProMP's for promp)."""
+    """The RL defaults of the flags not given (``--steps 0`` for the untrained baseline, a learner's own for it)."""
     defaults = {**DEFAULTS, **TASK_DEFAULTS.get(args.task, {})}
     defaults = {**defaults, "steps": 0} if args.algo in UNTRAINED else defaults
-    for name, value in {**defaults, **(PROMP_DEFAULTS if args.algo == "promp" else {})}.items():
+    for name, value in {**defaults, **OWN_DEFAULTS.get(args.algo, {})}.items():
         if getattr(args, name) is None:
             setattr(args, name, value)
     for name in ("episodes", "horizon", "outer_steps"):
         if getattr(args, name) is not None and getattr(args, name) <= 0:
             raise CommandError(f"{flag(name)} must be a positive integer, got {getattr(args, name)}.")
+    if args.max_kl is not None and not args.max_kl > 0:
+        raise CommandError(
+            f"--max-kl must be a positive number, the mean KL one meta-step may move; got {args.max_kl}."
+        )
     if args.clip_eps is not None and not 0 < args.clip_eps < 1:
         raise CommandError(
             f"--clip-eps must be in (0, 1), PPO's clip range of the likelihood ratio; got {args.clip_eps}."
@@ -129,7 +140,7 @@ def build(args: argparse.Namespace):
         inner_steps=args.inner_steps,
         estimator=args.estimator,
         first_order=bool(args.first_order),
-        **({name: getattr(args, name) for name in PROMP_DEFAULTS} if args.algo == "promp" else {}),
+        **{name: getattr(args, name) for name in OWN_DEFAULTS.get(args.algo, {})},
     )
     return rl.EnvTasks(env), learner
 

@@ -7,9 +7,11 @@ from metajax.rl.locomotion import HalfCheetahDir, HalfCheetahVel
 from metajax.rl.maml_rl import MAMLRL
 from metajax.rl.policy import GaussianMLPPolicy
 from metajax.rl.promp import ProMP
+from metajax.rl.trpo import MAMLTRPO
 
 __all__ = [
     "MAMLRL",
+    "MAMLTRPO",
     "EnvTasks",
     "Environment",
     "GaussianMLPPolicy",

@@ -9,6 +9,8 @@ environment and a policy, and is tested by ``tests/rl``.
   ``first_order``);
 * ``"promp"``: :class:`~metajax.rl.ProMP` (LVC inner step, PPO-clipped outer objective
   with the adaptive inner-KL penalty, ``outer_steps`` optimizer steps per sample);
+* ``"maml-trpo"``: :class:`~metajax.rl.MAMLTRPO` (MAML-RL's adaptation, the paper's TRPO
+  meta-update: one trust-region step of mean KL ``max_kl`` per sampled batch);
 * ``"pretrained"``: one policy trained by policy gradient on all tasks jointly
   (``MAMLRL`` with ``inner_steps=0``), fine-tuned with the same inner steps at test time;
 * ``"random"``: the same learner left at its random initialisation (not meta-trained),
@@ -23,8 +25,9 @@ from metajax.algorithms.inner import FirstOrder, SecondOrder
 from metajax.rl.maml_rl import MAMLRL
 from metajax.rl.policy import GaussianMLPPolicy
 from metajax.rl.promp import ProMP
+from metajax.rl.trpo import MAMLTRPO
 
-NAMES = ("maml-rl", "promp", "pretrained", "random")
+NAMES = ("maml-rl", "maml-trpo", "promp", "pretrained", "random")
 UNTRAINED = ("random",)  # evaluated at initialisation: no meta-training
 
 
@@ -40,12 +43,13 @@ def build(
     first_order: bool = False,
     outer_steps: int = 5,
     clip_eps: float = 0.2,
-) -> MAMLRL | ProMP:
+    max_kl: float = 0.01,
+) -> MAMLRL | MAMLTRPO | ProMP:
     """The RL learner ``name`` on ``env`` (see the module docstring); ``KeyError`` names the known ones.
 
     ``inner_steps`` are those of meta-training (the baselines train with none);
     ``estimator`` and ``first_order`` set MAML-RL's meta-gradient, ``outer_steps`` and
-    ``clip_eps`` ProMP's outer optimisation; ``policy=None`` is the default
+    ``clip_eps`` ProMP's outer optimisation, ``max_kl`` MAML-TRPO's trust region; ``policy=None`` is the default
     :class:`~metajax.rl.GaussianMLPPolicy` (100-100 tanh).
     """
     if name not in NAMES:
@@ -61,6 +65,8 @@ def build(
             outer_steps=outer_steps,
             clip_eps=clip_eps,
         )
+    if name == "maml-trpo":
+        return MAMLTRPO(env, policy, episodes=episodes, inner_lr=inner_lr, inner_steps=inner_steps, max_kl=max_kl)
     maml = name == "maml-rl"
     return MAMLRL(
         env,
