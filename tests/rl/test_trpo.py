@@ -44,7 +44,7 @@ def _kl_by_hand(learner, params, pre, post) -> float:
     values = []
     for task in range(2):
         pre_t, post_t = jax.tree.map(lambda a, t=task: a[t], (pre, post))
-        adapted = learner.sampler._adapt(params, pre_t, FirstOrder())[0]
+        adapted = learner.sampler.adapt_on_samples(params, pre_t, FirstOrder())[0]
         mean_q = np.asarray(learner.policy.mean(adapted, post_t.trajectories.observations), np.float64)
         mean_p, log_p = np.asarray(post_t.means, np.float64), np.asarray(post_t.log_std, np.float64)
         log_q = np.asarray(adapted["log_std"], np.float64)

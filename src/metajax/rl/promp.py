@@ -181,7 +181,7 @@ class ProMP:
 
         def step(p, k):
             samples = self._samples(p, rollout(self.env, self.policy, p, task, k, self.episodes))
-            return self._adapt(p, jax.tree.map(lambda a: a[None], samples), FirstOrder())[0], samples
+            return self.adapt_on_samples(p, jax.tree.map(lambda a: a[None], samples), FirstOrder())[0], samples
 
         adapted, pre = jax.lax.scan(step, jax.lax.stop_gradient(policy), jax.random.split(k_inner, self.inner_steps))
         return pre, self._samples(adapted, rollout(self.env, self.policy, adapted, task, k_post, self.episodes))
@@ -194,9 +194,9 @@ class ProMP:
         The policy is adapted from ``policy`` through the inner steps on ``pre`` (second
         order); ``inner_kl_coeff`` is a constant.
         """
-        adapted, policies = self._adapt(policy, pre, SecondOrder(), track=lambda p: p)
+        adapted, policies = self.adapt_on_samples(policy, pre, SecondOrder(), track=lambda p: p)
         before = jax.tree.map(lambda a: a[:-1], policies)  # the policy at each inner step
-        kls = jax.vmap(self._kl)(before, pre)
+        kls = jax.vmap(self.kl_on_samples)(before, pre)
         surrogate = clipped_surrogate(
             self.maml.log_probs(adapted, post.trajectories), post.log_probs, post.advantages, self.clip_eps
         )
@@ -240,7 +240,7 @@ class ProMP:
         log_probs = self.maml.log_probs(params, trajectories)
         return Samples(trajectories, self.maml.advantages(trajectories), log_probs, means, params["log_std"])
 
-    def _adapt(self, params: Params, pre: Samples, meta_gradient: MetaGradient, track=None):
+    def adapt_on_samples(self, params: Params, pre: Samples, meta_gradient: MetaGradient, track=None):
         """The inner steps on the stored episodes ``pre [steps, ...]``, one per step (``inner_loop``'s result)."""
 
         def loss(p, samples):
@@ -249,7 +249,7 @@ class ProMP:
 
         return inner_loop(loss, params, pre, optax.sgd(self.inner_lr), None, meta_gradient, per_step=True, track=track)
 
-    def _kl(self, params: Params, samples: Samples) -> jax.Array:
+    def kl_on_samples(self, params: Params, samples: Samples) -> jax.Array:
         """Mean ``KL(sampling policy || policy of params)`` over the states of ``samples``."""
         means = self.policy.mean(params, samples.trajectories.observations)
         return jnp.mean(gaussian_kl(samples.means, samples.log_std, means, params["log_std"]))

@@ -139,9 +139,9 @@ class MAMLTRPO:
 
     def surrogate_and_kl(self, params: Params, pre: Samples, post: Samples) -> tuple[jax.Array, jax.Array]:
         """``(L, KL)`` of one task's samples at meta-parameters ``params`` (see the module docstring)."""
-        adapted = self.sampler._adapt(params, pre, SecondOrder())[0]
+        adapted = self.sampler.adapt_on_samples(params, pre, SecondOrder())[0]
         log_probs = self.sampler.maml.log_probs(adapted, post.trajectories)
-        return ratio_surrogate(log_probs, post.log_probs, post.advantages), self.sampler._kl(adapted, post)
+        return ratio_surrogate(log_probs, post.log_probs, post.advantages), self.sampler.kl_on_samples(adapted, post)
 
     def loss(self, params: Params, episode: Episode, key: jax.Array) -> tuple[jax.Array, dict]:
         """One task's objective: value minus the adapted policy's mean return, gradient minus ``L``'s."""
