@@ -34,6 +34,7 @@ from pathlib import Path
 LABELS = {
     "maml-rl": "MAML-RL (DiCE, second order)",
     "maml-rl-fo": "MAML-RL (first order)",
+    "maml-trpo": "MAML-TRPO (trust-region meta-step)",
     "promp": "ProMP (LVC, clipped outer steps)",
     "pretrained": "pretrained + fine-tuning",
     "random": "random init + fine-tuning",
@@ -45,7 +46,7 @@ TITLES = {"nav2d": "2D navigation", "cheetah-vel": "half-cheetah velocity", "che
 
 def env_steps_per_task(config: dict) -> int:
     """Environment steps one task takes in a meta-step: episodes before, during and after adaptation."""
-    inner = config["inner_steps"] if config["algo"] in ("maml-rl", "promp") else 0
+    inner = config["inner_steps"] if config["algo"] in ("maml-rl", "maml-trpo", "promp") else 0
     return config["episodes"] * config["horizon"] * (inner + 1)
 
 

@@ -185,12 +185,13 @@ def test_nav2d_script_draws_a_runs_trajectories_before_and_after_adaptation(prom
     assert (tmp_path / "t.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_the_readme_table_is_the_committed_json_s():
+@pytest.mark.parametrize("results", ["nav2d-cpu.json", "cheetah-vel-cpu.json"])
+def test_the_readme_table_is_the_committed_json_s(results):
     root = Path(__file__).resolve().parents[2]
     script = root / "scripts" / "rl_nav2d.py"
     env = {**os.environ, "PYTHONPATH": str(root / "src")}
     table = subprocess.run(
-        [sys.executable, str(script), "table", str(root / "docs" / "results" / "nav2d-cpu.json")],
+        [sys.executable, str(script), "table", str(root / "docs" / "results" / results)],
         capture_output=True,
         text=True,
         env=env,
