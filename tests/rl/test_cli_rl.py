@@ -185,7 +185,7 @@ def test_nav2d_script_draws_a_runs_trajectories_before_and_after_adaptation(prom
     assert (tmp_path / "t.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-@pytest.mark.parametrize("results", ["nav2d-cpu.json", "cheetah-vel-cpu.json"])
+@pytest.mark.parametrize("results", ["nav2d-cpu.json", "nav2d-trpo-cpu.json", "cheetah-vel-cpu.json"])
 def test_the_readme_table_is_the_committed_json_s(results):
     root = Path(__file__).resolve().parents[2]
     script = root / "scripts" / "rl_nav2d.py"
