@@ -143,5 +143,6 @@ def test_pretrained_learner_takes_no_inner_step_and_adapts_at_test_time():
 def test_bad_learner_settings_are_named(options, error, message):
     with pytest.raises(error, match=message):
         tiny(rl.Navigation2D(), **options)
-    with pytest.raises(KeyError, match="no RL learner named 'rl2'; known: maml-rl, promp, pretrained, random"):
+    known = "maml-rl, maml-trpo, promp, pretrained, random"
+    with pytest.raises(KeyError, match=f"no RL learner named 'rl2'; known: {known}"):
         rl.registry.build("rl2", rl.Navigation2D())
