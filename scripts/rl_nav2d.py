@@ -44,12 +44,6 @@ LABELS = {
 TITLES = {"nav2d": "2D navigation", "cheetah-vel": "half-cheetah velocity", "cheetah-dir": "half-cheetah direction"}
 
 
-def env_steps_per_task(config: dict) -> int:
-    """Environment steps one task takes in a meta-step: episodes before, during and after adaptation."""
-    inner = config["inner_steps"] if config["algo"] in ("maml-rl", "maml-trpo", "promp") else 0
-    return config["episodes"] * config["horizon"] * (inner + 1)
-
-
 def collect(runs: Path, note: str) -> dict:
     """``{"note", "runs": {name: run}}`` of the run folders under ``runs`` that hold a ``metrics.json``.
 
@@ -63,7 +57,9 @@ def collect(runs: Path, note: str) -> dict:
         train = {k: v for k, v in metrics["train"].items() if k != "curve"}
         later = [entry["tasks_per_s"] for entry in metrics["train"]["curve"][1:]]
         if later:
-            train["env_steps_per_s_steady"] = statistics.median(later) * env_steps_per_task(metrics["config"])
+            # metajax train's totals give the environment steps per task (its own count of a meta-step's episodes).
+            per_task = train["env_steps_per_s"] / train["tasks_per_s"]
+            train["env_steps_per_s_steady"] = statistics.median(later) * per_task
         train["curve"] = [{"step": e["step"], "return": e["return"]} for e in metrics["train"]["curve"]]
         out["runs"][path.parent.name] = {
             "config": metrics["config"],

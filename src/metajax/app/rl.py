@@ -41,7 +41,8 @@ DEFAULTS = {
     "first_order": False,
 }
 # Its locomotion protocol where it differs: 40 tasks per meta-step, horizon 200.
-TASK_DEFAULTS = {"cheetah-vel": {"meta_batch": 40, "horizon": 200}, "cheetah-dir": {"meta_batch": 40, "horizon": 200}}
+LOCOMOTION = {"meta_batch": 40, "horizon": 200}
+TASK_DEFAULTS = {"cheetah-vel": LOCOMOTION, "cheetah-dir": LOCOMOTION}
 # ProMP's reference settings (Rothfuss et al., 2019: num_ppo_steps=5, clip_eps=0.2) and MAML's
 # trust region (rllab's max_kl 0.01), filled for their learner only, so the other learners' run
 # records (and their resumes) are unchanged.
