@@ -1,17 +1,20 @@
-"""Test-wide settings (strict rank promotion, as equinox's tests do; a compilation cache) and where real data is."""
+"""Test-wide settings (strict rank promotion as equinox's tests; an optional compilation cache) and where data is."""
 
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
-# Many tests compile the same small programs (the CLI's tiny runs, the contract suite's
-# learners): a compilation cache shared by the test workers and the processes they start
-# compiles each once. Set JAX_COMPILATION_CACHE_DIR to choose the folder.
-os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(Path(tempfile.gettempdir()) / f"metajax-tests-{os.getuid()}"))
-os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
-os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+# A persistent compilation cache shared by the test workers and the processes they start
+# compiles each small program once (the CLI's tiny runs, the contract suite's learners): opt in
+# with JAX_COMPILATION_CACHE_DIR=DIR (on a 2-core machine the suite took 15 minutes with it, 19
+# without in a run that also held the bench extra's tests). It is off by default: a CI worker once
+# died of a segmentation fault inside JAX's serialisation of an executable for the cache (jax
+# 0.10.2, CPU), which no test needs.
+CACHE = os.environ.get("JAX_COMPILATION_CACHE_DIR")
+if CACHE:
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 # Tests check values, not speed: without LLVM's optimisation passes XLA's CPU backend compiles
 # about 40 % faster (user CPU, cold cache: 103 -> 64 s for the second-order max-pool Conv4 MAML
 # gradient test, 108 -> 61 s for the Transformer training test, 99 -> 64 s for a CLI Omniglot
@@ -27,14 +30,14 @@ os.environ.setdefault("METAJAX_MALLOC", "default")
 import jax  # noqa: E402  (reads the variables above)
 import pytest  # noqa: E402
 
-# Also when a plugin imported JAX before this file:
-jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
-jax.config.update(
-    "jax_persistent_cache_min_compile_time_secs", float(os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"])
-)
-jax.config.update(
-    "jax_persistent_cache_min_entry_size_bytes", int(os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"])
-)
+if CACHE:  # also when a plugin imported JAX before this file
+    jax.config.update("jax_compilation_cache_dir", CACHE)
+    jax.config.update(
+        "jax_persistent_cache_min_compile_time_secs", float(os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"])
+    )
+    jax.config.update(
+        "jax_persistent_cache_min_entry_size_bytes", int(os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"])
+    )
 jax.config.update("jax_numpy_rank_promotion", "raise")
 
 
