@@ -38,6 +38,21 @@ def assert_deterministic_per_key(draw, task) -> None:
     assert not np.array_equal(a.support_x, c.support_x)
 
 
+def assert_one_rotation_per_class(episode, channel: int) -> None:
+    """Each class of every task in ``episode`` (batched, images marked at their top-left corner in
+    ``channel``) is turned by one multiple of 90 degrees, and all four turns occur in the batch."""
+    corner = {(0, 0): 0, (2, 0): 1, (2, 2): 2, (0, 2): 3}  # the marker after k counter-clockwise turns
+    seen = set()
+    for t in range(episode.support_x.shape[0]):
+        turns = {}
+        for x, label in ((episode.support_x, episode.support_y), (episode.query_x, episode.query_y)):
+            for image, y in zip(np.asarray(x[t]), np.asarray(label[t]), strict=True):
+                (position,) = zip(*np.nonzero(image[..., channel]), strict=True)
+                assert turns.setdefault(int(y), corner[position]) == corner[position]  # one turn per class
+        seen |= set(turns.values())
+    assert seen == {0, 1, 2, 3}
+
+
 class CountingLearner:
     """Delegates to a learner and counts how often ``loss`` is traced."""
 

@@ -12,7 +12,7 @@ import optax
 import pytest
 
 import metajax
-from helpers import Flatten, assert_deterministic_per_key
+from helpers import Flatten, assert_deterministic_per_key, assert_one_rotation_per_class
 from metajax.tasks import RaggedFewShot, TaskDistribution
 
 # Classes out of row order, with rows 3, 31, 32, 38 and 39 in no class.
@@ -145,17 +145,7 @@ def test_from_classes_concatenates_in_order(images):
 
 def test_augment_rotations_and_normalize(images):
     task = _task(images, ways=3, shots=1, queries=2, augment_rotations=True)
-    episode = draw(task, jax.random.key(5), 64)
-    corner = {(0, 0): 0, (2, 0): 1, (2, 2): 2, (0, 2): 3}  # top-left marker after k counter-clockwise turns
-    seen = set()
-    for t in range(64):
-        turns = {}
-        for x, label in ((episode.support_x, episode.support_y), (episode.query_x, episode.query_y)):
-            for image, y in zip(np.asarray(x[t]), np.asarray(label[t]), strict=True):
-                (position,) = zip(*np.nonzero(image[..., 1]), strict=True)
-                assert turns.setdefault(int(y), corner[position]) == corner[position]  # one turn per class
-        seen |= set(turns.values())
-    assert seen == {0, 1, 2, 3}
+    assert_one_rotation_per_class(draw(task, jax.random.key(5), 64), channel=1)
     plain = draw(_task(images, ways=3, shots=1, queries=1), jax.random.key(0), 2)
     normed = draw(_task(images, ways=3, shots=1, queries=1, normalize=((0.1, 0.2), (2.0, 0.5))), jax.random.key(0), 2)
     expected = (np.asarray(plain.query_x) - np.array([0.1, 0.2])) / np.array([2.0, 0.5])
