@@ -24,8 +24,13 @@ Kinds and their options:
   the protocol, the paper's figure, our test accuracy after the last test step (and
   before any, for learners that adapt), the meta-steps and minutes trained, the commit
   (``+`` when the tree had uncommitted changes) and the command that reruns it.
+* ``eval``: ``source=a.json,b.json,...`` names ``metrics.json`` files of ``metajax train``
+  (not JSON lines), one row each in that order: ``cols=config.algo,...`` (fields of the
+  file), then ``metric=mse steps=1,10``: that metric's mean +- 95 % interval after each
+  listed adaptation step (``-`` past the steps evaluated), with the count of non-finite
+  tasks where there were any.
 
-Every kind takes ``where=field:value,field:v1|v2`` to keep only matching result lines.
+Every kind but ``eval`` takes ``where=field:value,field:v1|v2`` to keep only matching result lines.
 A file may hold several runs (each starts with its ``machine`` line); a cell whose runs
 disagree shows the range ``low-high``. Numbers: one decimal from 10 (two below), none and
 thousands grouped from 1000; ratios as ``1.23x``; memory in MB (no decimal from 100).
@@ -82,6 +87,11 @@ LABELS = {
     "meta_iterations_per_s": "meta-iterations/s",
     "env_steps_per_s": "environment steps/s",
     "accuracy_percent": "accuracy, %",
+    "config.algo": "learner",
+    "config.shots": "K",
+    "config.inner_steps": "inner steps at training",
+    "train.steps": "meta-steps",
+    "train.seconds": "training (s)",
 }
 NAMES = {
     "maml-omniglot": "MAML",
@@ -116,6 +126,17 @@ def read_runs(path: Path) -> list[list[dict]]:
             runs.append([])
         runs[-1].append(record)
     return runs
+
+
+def read_metrics(path: Path) -> dict:
+    """A ``metrics.json`` of ``metajax train`` (``config``, ``train``, ``eval``)."""
+    try:
+        record = json.loads(path.read_text())
+    except ValueError as e:
+        raise TableError(f"{path} is not JSON: {e}") from None
+    if not isinstance(record, dict) or "eval" not in record:
+        raise TableError(f"{path} is not a metajax train metrics.json (no 'eval')")
+    return record
 
 
 def field(record: dict, name: str):
@@ -316,6 +337,26 @@ def pivot_table(runs: list[list[dict]], row_keys: list[str], col_key: str, value
     return markdown(header, body)
 
 
+def eval_table(records: list[dict], cols: list[str], metric: str, steps: list[int]) -> str:
+    """The rows of :func:`render`'s ``kind=eval`` (see the module docstring)."""
+    body = []
+    for r in records:
+        if metric not in r["eval"]:
+            raise TableError(f"metric {metric!r} is not in an eval of {sorted(r['eval'])}")
+        m, num_tasks = r["eval"][metric], r["eval"].get("num_tasks")
+        cells = []
+        for step in steps:
+            if step >= len(m["mean"]):
+                cells.append("-")
+                continue
+            cell = f"{m['mean'][step]:.3f} +- {m['ci95'][step]:.3f}"
+            nonfinite = (m.get("nonfinite") or [0] * len(m["mean"]))[step]
+            cells.append(cell + (f" ({nonfinite} of {num_tasks} tasks non-finite)" if nonfinite else ""))
+        body.append([fmt_number(c, field(r, c)) for c in cols] + cells)
+    header = [LABELS.get(c, c) for c in cols] + [f"{metric} after {s} step{'' if s == 1 else 's'}" for s in steps]
+    return markdown(header, body)
+
+
 # ----------------------------------------------------------------------------- markers
 
 
@@ -343,12 +384,21 @@ def render(attrs: dict[str, str], root: Path = ROOT) -> str:
     """The markdown table a marker's options ask for."""
     if "source" not in attrs:
         raise TableError("the marker names no source=FILE.jsonl")
-    path = root / attrs["source"]
-    if not path.is_file():
-        raise TableError(f"source {attrs['source']} does not exist under {root}")
+    paths = [root / source for source in attrs["source"].split(",")]
+    for source, path in zip(attrs["source"].split(","), paths, strict=True):
+        if not path.is_file():
+            raise TableError(f"source {source} does not exist under {root}")
     kind = attrs.get("kind", "results")
+    if kind == "eval":
+        missing = [k for k in ("cols", "metric", "steps") if k not in attrs]
+        if missing:
+            raise TableError(f"kind=eval needs {', '.join(missing)}")
+        steps = [int(s) for s in attrs["steps"].split(",")]
+        return eval_table([read_metrics(path) for path in paths], attrs["cols"].split(","), attrs["metric"], steps)
+    if len(paths) != 1:
+        raise TableError(f"kind={kind} reads one source file, got {attrs['source']!r}")
     where = _where(attrs.get("where", ""))
-    runs = read_runs(path)
+    runs = read_runs(paths[0])
     if kind == "torch":
         return torch_table([[r for r in run if r.get("kind") == "result" and _matches(r, where)] for run in runs])
     if kind == "reproduce":
@@ -363,7 +413,7 @@ def render(attrs: dict[str, str], root: Path = ROOT) -> str:
         if missing:
             raise TableError(f"kind=pivot needs {', '.join(missing)}")
         return pivot_table(runs, attrs["rows"].split(","), attrs["cols"], attrs["value"])
-    raise TableError(f"unknown kind={kind!r} (torch, results, pivot, reproduce)")
+    raise TableError(f"unknown kind={kind!r} (torch, results, pivot, reproduce, eval)")
 
 
 def reproduce_table(lines: list[dict]) -> str:

@@ -137,6 +137,34 @@ def test_reproduce_table_from_the_script_s_lines(tmp_path):
     assert len(table) == 4
 
 
+def test_eval_table_from_metrics_files_in_the_order_named(tmp_path):
+    def metrics(algo, shots, mean, ci95, nonfinite=None):
+        mse = {"mean": mean, "ci95": ci95} | ({"nonfinite": nonfinite} if nonfinite else {})
+        return {"config": {"algo": algo, "shots": shots}, "train": {"steps": 70000, "seconds": 28.18},
+                "eval": {"num_tasks": 600, "num_steps": len(mean) - 1, "mse": mse}}  # fmt: skip
+
+    (tmp_path / "b.json").write_text(
+        json.dumps(metrics("maml", 5, [3.0] + [0.5364] * 9 + [0.3271], [0.2] + [0.0581] * 10))
+    )
+    (tmp_path / "a.json").write_text(json.dumps(metrics("metasgd", 5, [3.0, 0.3884], [0.2, 0.0472], [0, 2])))
+    attrs = {"source": "b.json,a.json", "kind": "eval", "cols": "config.algo,config.shots,train.steps"}
+    table = perf_tables.render({**attrs, "metric": "mse", "steps": "1,10"}, tmp_path).splitlines()
+    assert table == [
+        "| learner | K | meta-steps | mse after 1 step | mse after 10 steps |",
+        "| --- | --- | --- | --- | --- |",
+        "| maml | 5 | 70000 | 0.536 +- 0.058 | 0.327 +- 0.058 |",
+        "| metasgd | 5 | 70000 | 0.388 +- 0.047 (2 of 600 tasks non-finite) | - |",  # evaluated 1 step only
+    ]
+    with pytest.raises(perf_tables.TableError, match="kind=eval needs steps"):
+        perf_tables.render({**attrs, "metric": "mse"}, tmp_path)
+    with pytest.raises(perf_tables.TableError, match="metric 'accuracy' is not in an eval of"):
+        perf_tables.render({**attrs, "metric": "accuracy", "steps": "1"}, tmp_path)
+    with pytest.raises(perf_tables.TableError, match="source c.json does not exist"):
+        perf_tables.render({**attrs, "source": "b.json,c.json", "metric": "mse", "steps": "1"}, tmp_path)
+    with pytest.raises(perf_tables.TableError, match="kind=pivot reads one source file"):
+        perf_tables.render({"source": "b.json,a.json", "kind": "pivot"}, tmp_path)
+
+
 def test_check_fails_on_a_stale_region_and_write_fixes_it(tmp_path, capsys):
     _write_runs(tmp_path / "docs" / "results" / "bench.jsonl")
     marker = "<!-- table:maml source=docs/results/bench.jsonl kind=torch -->"
