@@ -91,7 +91,6 @@ LABELS = {
     "config.shots": "K",
     "config.inner_steps": "inner steps at training",
     "train.steps": "meta-steps",
-    "train.seconds": "training (s)",
 }
 NAMES = {
     "maml-omniglot": "MAML",
@@ -393,7 +392,10 @@ def render(attrs: dict[str, str], root: Path = ROOT) -> str:
         missing = [k for k in ("cols", "metric", "steps") if k not in attrs]
         if missing:
             raise TableError(f"kind=eval needs {', '.join(missing)}")
-        steps = [int(s) for s in attrs["steps"].split(",")]
+        try:
+            steps = [int(s) for s in attrs["steps"].split(",")]
+        except ValueError:
+            raise TableError(f"steps= takes adaptation steps as integers, got {attrs['steps']!r}") from None
         return eval_table([read_metrics(path) for path in paths], attrs["cols"].split(","), attrs["metric"], steps)
     if len(paths) != 1:
         raise TableError(f"kind={kind} reads one source file, got {attrs['source']!r}")

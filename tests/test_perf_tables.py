@@ -157,6 +157,8 @@ def test_eval_table_from_metrics_files_in_the_order_named(tmp_path):
     ]
     with pytest.raises(perf_tables.TableError, match="kind=eval needs steps"):
         perf_tables.render({**attrs, "metric": "mse"}, tmp_path)
+    with pytest.raises(perf_tables.TableError, match="steps= takes adaptation steps as integers, got 'one'"):
+        perf_tables.render({**attrs, "metric": "mse", "steps": "one"}, tmp_path)
     with pytest.raises(perf_tables.TableError, match="metric 'accuracy' is not in an eval of"):
         perf_tables.render({**attrs, "metric": "accuracy", "steps": "1"}, tmp_path)
     with pytest.raises(perf_tables.TableError, match="source c.json does not exist"):
