@@ -383,10 +383,11 @@ def render(attrs: dict[str, str], root: Path = ROOT) -> str:
     """The markdown table a marker's options ask for."""
     if "source" not in attrs:
         raise TableError("the marker names no source=FILE.jsonl")
-    paths = [root / source for source in attrs["source"].split(",")]
-    for source, path in zip(attrs["source"].split(","), paths, strict=True):
-        if not path.is_file():
+    sources = attrs["source"].split(",")
+    for source in sources:
+        if not (root / source).is_file():
             raise TableError(f"source {source} does not exist under {root}")
+    paths = [root / source for source in sources]
     kind = attrs.get("kind", "results")
     if kind == "eval":
         missing = [k for k in ("cols", "metric", "steps") if k not in attrs]
