@@ -22,7 +22,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from metajax.app import cli, config, host_memory
+from metajax.app import cli, config, process
 
 # Each protocol is a config in configs/ (its flags, the paper's setup in comments, and under
 # ``reference`` the paper's test accuracy (%), cited, and the meta-steps of the reduced budget).
@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--progress", action="store_true", help="show progress bars")
     args = parser.parse_args(argv)
-    host_memory.retain_freed_memory()  # as `metajax train` does
+    process.configure()  # as `metajax train` does
     code = commit()  # the code this process imported: read now, not after the runs, when the checkout may have moved
     names = sorted(PROTOCOLS) if args.protocol == "all" else args.protocol.split(",")
     for name in names:

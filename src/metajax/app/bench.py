@@ -62,7 +62,7 @@ from pathlib import Path
 from typing import Any
 
 from metajax._io import append_json_line, dumps
-from metajax.app import host_memory
+from metajax.app import process
 from metajax.app.errors import CommandError, output_file_folder, run_command
 
 # Embedding learners on Omniglot episodes: one workload each, built by registry name.
@@ -534,7 +534,7 @@ def conv_impl_of(config: dict) -> str:
 
 def _run_one(config: dict, in_process: bool = False) -> dict:
     record = run_jax(config, in_process) if config["impl"] == "jax" else run_torch(config, in_process)
-    return {**record, "host_malloc": host_memory.setting()}
+    return {**record, **process.settings()}
 
 
 def run_jax(config: dict, in_process: bool = False) -> dict:
@@ -698,7 +698,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """``python -m metajax.app.bench`` / ``scripts/benchmark.py``."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["--worker"]:
-        host_memory.retain_freed_memory()  # the parent's setting: it passed its environment on
+        process.configure()  # the parent's settings: it passed its environment on
         config = json.loads(argv[1])
         _pin_threads(config.get("threads"))  # before JAX or PyTorch size their thread pools
         print(json.dumps(_run_one(config)), flush=True)
@@ -706,7 +706,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
 
     def body() -> int:
-        host_memory.retain_freed_memory()
+        process.configure()
         return command(args)
 
     return run_command("bench", body)

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, NamedTuple, cast
 
 from metajax import learner as registry
-from metajax.app import bench, continual, host_memory, launch, plot, seeds
+from metajax.app import bench, continual, launch, plot, process, seeds
 from metajax.app import config as config_file
 from metajax.app import rl as rl_app
 from metajax.app.errors import (
@@ -893,7 +893,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = run_command("train", lambda: parse(given), debug="--debug" in given)  # only train reads a --config
 
     def body() -> int:
-        host_memory.retain_freed_memory()  # before the command allocates its steps' buffers
+        process.configure()  # before the command starts JAX's backend and allocates its steps' buffers
         return COMMANDS[args.command](args)
 
     return run_command(args.command, body, debug=args.debug)

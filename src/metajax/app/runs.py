@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from metajax._io import append_json_line, dumps, read_json_lines, write_atomic, write_json_atomic
-from metajax.app import host_memory
+from metajax.app import process
 from metajax.app.errors import CommandError, flag
 from metajax.checkpoint import Checkpointer, CheckpointMismatchError, differing_settings
 
@@ -38,7 +38,7 @@ def machine() -> dict:
         "device_count": jax.device_count(),
         "process_count": jax.process_count(),
         "jax": jax.__version__,
-        "host_malloc": host_memory.setting(),
+        **process.settings(),
     }
 
 

@@ -1,0 +1,61 @@
+"""XLA's CPU convolutions in the ``metajax`` processes: XLA's own kernels, not YNNPACK's.
+
+jaxlib 0.10 hands each convolution on CPU to YNNPACK (a ``__ynn_fusion``). For the
+Conv4 of ProtoNets and Matching Networks XLA's own convolution kernels are faster: the
+gradient of the max-pooled Conv4-64 over 80 Omniglot images took 84-88 ms with YNNPACK's
+convolutions and 59-70 ms with XLA's (320 images: 381 and 258 ms) on the 2-core benchmark
+machine, and the benchmark's metric learners gain as much (docs/performance.md, "XLA's
+convolutions on CPU"). Dots, reductions and elementwise fusions stay with YNNPACK: turning
+it off altogether made MAML two to three times slower.
+
+The setting is a process-wide XLA flag, read when JAX starts its backend, so it is the
+application's choice (``metajax``, ``python -m metajax.app.bench`` and its workers,
+``scripts/reproduce_fewshot.py``); the library never sets it. It is added only on jaxlib
+versions where the flag was checked to exist (:data:`TESTED`: XLA stops the process on an
+unknown flag), only when ``XLA_FLAGS`` does not already choose YNNPACK's fusions, and only
+before the backend starts. ``METAJAX_XLA_CONV=default`` keeps jaxlib's choice.
+"""
+
+from __future__ import annotations
+
+import os
+
+import jaxlib
+from jax._src import xla_bridge  # private: whether a backend has already read XLA_FLAGS
+
+ENV = "METAJAX_XLA_CONV"
+FLAG = "--xla_cpu_experimental_ynn_fusion_type=-individual_convolution"
+TESTED = ("0.10.",)  # jaxlib release series whose XLA knows FLAG
+
+_state = {"setting": "default"}
+
+
+def use_xla_convolutions() -> str:
+    """Add :data:`FLAG` to ``XLA_FLAGS`` before JAX starts its backend (once per process; later calls only report).
+
+    Returns:
+      ``"xla"`` when the flag is in effect for this process, else ``"default"``:
+      ``METAJAX_XLA_CONV=default``, a jaxlib outside :data:`TESTED`, ``XLA_FLAGS`` already
+      setting ``xla_cpu_experimental_ynn_fusion_type``, or a backend already started.
+
+    Raises:
+      ValueError: ``METAJAX_XLA_CONV`` is neither ``xla`` nor ``default``.
+    """
+    choice = os.environ.get(ENV, "xla")
+    if choice not in ("xla", "default"):
+        raise ValueError(f"{ENV}={choice!r}: expected 'xla' (XLA's own CPU convolutions, the default) or 'default'")
+    flags = os.environ.get("XLA_FLAGS", "")
+    if FLAG in flags.split():
+        _state["setting"] = "xla"  # set by a parent process, which passed its environment on
+    if _state["setting"] == "xla" or choice == "default" or not jaxlib.__version__.startswith(TESTED):
+        return _state["setting"]
+    if "xla_cpu_experimental_ynn_fusion_type" in flags or xla_bridge.backends_are_initialized():
+        return _state["setting"]
+    os.environ["XLA_FLAGS"] = f"{flags} {FLAG}".strip()
+    _state["setting"] = "xla"
+    return _state["setting"]
+
+
+def setting() -> str:
+    """What this process's CPU convolutions were set to: ``"xla"`` or ``"default"``."""
+    return _state["setting"]
