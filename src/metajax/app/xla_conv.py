@@ -27,16 +27,14 @@ ENV = "METAJAX_XLA_CONV"
 FLAG = "--xla_cpu_experimental_ynn_fusion_type=-individual_convolution"
 TESTED = ("0.10.",)  # jaxlib release series whose XLA knows FLAG
 
-_state = {"setting": "default"}
-
 
 def use_xla_convolutions() -> str:
     """Add :data:`FLAG` to ``XLA_FLAGS`` before JAX starts its backend (once per process; later calls only report).
 
     Returns:
-      ``"xla"`` when the flag is in effect for this process, else ``"default"``:
-      ``METAJAX_XLA_CONV=default``, a jaxlib outside :data:`TESTED`, ``XLA_FLAGS`` already
-      setting ``xla_cpu_experimental_ynn_fusion_type``, or a backend already started.
+      :func:`setting`: ``"default"`` when the flag was not added: ``METAJAX_XLA_CONV=default``,
+      a jaxlib outside :data:`TESTED`, ``XLA_FLAGS`` already setting
+      ``xla_cpu_experimental_ynn_fusion_type``, or a backend already started.
 
     Raises:
       ValueError: ``METAJAX_XLA_CONV`` is neither ``xla`` nor ``default``.
@@ -45,17 +43,16 @@ def use_xla_convolutions() -> str:
     if choice not in ("xla", "default"):
         raise ValueError(f"{ENV}={choice!r}: expected 'xla' (XLA's own CPU convolutions, the default) or 'default'")
     flags = os.environ.get("XLA_FLAGS", "")
-    if FLAG in flags.split():
-        _state["setting"] = "xla"  # set by a parent process, which passed its environment on
-    if _state["setting"] == "xla" or choice == "default" or not jaxlib.__version__.startswith(TESTED):
-        return _state["setting"]
-    if "xla_cpu_experimental_ynn_fusion_type" in flags or xla_bridge.backends_are_initialized():
-        return _state["setting"]
-    os.environ["XLA_FLAGS"] = f"{flags} {FLAG}".strip()
-    _state["setting"] = "xla"
-    return _state["setting"]
+    if (
+        choice == "xla"
+        and jaxlib.__version__.startswith(TESTED)
+        and "xla_cpu_experimental_ynn_fusion_type" not in flags
+        and not xla_bridge.backends_are_initialized()
+    ):
+        os.environ["XLA_FLAGS"] = f"{flags} {FLAG}".strip()
+    return setting()
 
 
 def setting() -> str:
-    """What this process's CPU convolutions were set to: ``"xla"`` or ``"default"``."""
-    return _state["setting"]
+    """``"xla"`` when ``XLA_FLAGS`` holds :data:`FLAG` (added here or by a parent process), else ``"default"``."""
+    return "xla" if FLAG in os.environ.get("XLA_FLAGS", "").split() else "default"
