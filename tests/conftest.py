@@ -59,3 +59,14 @@ def data_root() -> Path:
 def omniglot_cache(tmp_path_factory) -> Path:
     """A cache folder shared by the session, so the PNGs are decoded once."""
     return tmp_path_factory.mktemp("metajax-cache")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _release_compiled_programs():
+    """After each test module, drop JAX's compiled programs, so a test worker's memory does not grow with the suite.
+
+    Without it each of the two workers grew to 6.3 GB of RSS by the end of the suite, keeping the
+    programs of every module it had run; no test needs a program compiled by another module.
+    """
+    yield
+    jax.clear_caches()
