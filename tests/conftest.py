@@ -26,6 +26,10 @@ if "--xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
 # made for one workload's steps; a test worker runs hundreds of workloads, so it keeps glibc's
 # defaults. tests/app/test_host_memory.py checks both settings in fresh processes.
 os.environ.setdefault("METAJAX_MALLOC", "default")
+# The same for the CPU convolutions (metajax.app.xla_conv): the flag is read when the backend
+# starts, so without this a worker's kernels would depend on whether its first JAX test happened
+# to go through the CLI. tests/app/test_xla_conv.py checks both settings in fresh processes.
+os.environ.setdefault("METAJAX_XLA_CONV", "default")
 
 import jax  # noqa: E402  (reads the variables above)
 import pytest  # noqa: E402

@@ -15,8 +15,9 @@ reused. The library never calls this: a process-wide setting is the application'
 from __future__ import annotations
 
 import ctypes
-import os
 import platform
+
+from metajax.app.process import switch
 
 ENV = "METAJAX_MALLOC"
 # glibc's mallopt parameters (malloc.h).
@@ -37,9 +38,7 @@ def retain_freed_memory() -> str:
     Raises:
       ValueError: ``METAJAX_MALLOC`` is neither ``retain`` nor ``default``.
     """
-    choice = os.environ.get(ENV, "retain")
-    if choice not in ("retain", "default"):
-        raise ValueError(f"{ENV}={choice!r}: expected 'retain' (keep freed host memory, the default) or 'default'")
+    choice = switch(ENV, "retain", "keep freed host memory")
     if _state["setting"] == "retain" or choice == "default" or platform.libc_ver()[0] != "glibc":
         return _state["setting"]
     libc = ctypes.CDLL(None)

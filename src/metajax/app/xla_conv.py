@@ -23,6 +23,8 @@ import os
 import jaxlib
 from jax._src import xla_bridge  # private: whether a backend has already read XLA_FLAGS
 
+from metajax.app.process import switch
+
 ENV = "METAJAX_XLA_CONV"
 FLAG = "--xla_cpu_experimental_ynn_fusion_type=-individual_convolution"
 TESTED = ("0.10.",)  # jaxlib release series whose XLA knows FLAG
@@ -39,9 +41,7 @@ def use_xla_convolutions() -> str:
     Raises:
       ValueError: ``METAJAX_XLA_CONV`` is neither ``xla`` nor ``default``.
     """
-    choice = os.environ.get(ENV, "xla")
-    if choice not in ("xla", "default"):
-        raise ValueError(f"{ENV}={choice!r}: expected 'xla' (XLA's own CPU convolutions, the default) or 'default'")
+    choice = switch(ENV, "xla", "XLA's own CPU convolutions")
     flags = os.environ.get("XLA_FLAGS", "")
     if (
         choice == "xla"
