@@ -17,7 +17,7 @@ from __future__ import annotations
 import ctypes
 import platform
 
-from metajax.app.process import switch
+from metajax.app.switches import switch
 
 ENV = "METAJAX_MALLOC"
 # glibc's mallopt parameters (malloc.h).

@@ -7,19 +7,7 @@
 
 from __future__ import annotations
 
-import os
-
-
-def switch(name: str, on: str, meaning: str) -> str:
-    """Environment variable ``name`` as a two-way switch: ``on`` (the default, doing ``meaning``) or ``"default"``.
-
-    Raises:
-      ValueError: ``name`` holds another value (the message names the variable and both values).
-    """
-    choice = os.environ.get(name, on)
-    if choice not in (on, "default"):
-        raise ValueError(f"{name}={choice!r}: expected {on!r} ({meaning}, the default) or 'default'")
-    return choice
+from metajax.app import host_memory, xla_conv
 
 
 def configure() -> dict[str, str]:
@@ -27,8 +15,6 @@ def configure() -> dict[str, str]:
 
     :mod:`~metajax.app.host_memory` and :mod:`~metajax.app.xla_conv` say what each does. Returns :func:`settings`.
     """
-    from metajax.app import host_memory, xla_conv  # they read their switches with :func:`switch`
-
     host_memory.retain_freed_memory()
     xla_conv.use_xla_convolutions()
     return settings()
@@ -36,6 +22,4 @@ def configure() -> dict[str, str]:
 
 def settings() -> dict[str, str]:
     """``{"host_malloc": "retain" | "default", "xla_conv": "xla" | "default"}`` of this process."""
-    from metajax.app import host_memory, xla_conv
-
     return {"host_malloc": host_memory.setting(), "xla_conv": xla_conv.setting()}

@@ -23,7 +23,7 @@ import os
 import jaxlib
 from jax._src import xla_bridge  # private: whether a backend has already read XLA_FLAGS
 
-from metajax.app.process import switch
+from metajax.app.switches import switch
 
 ENV = "METAJAX_XLA_CONV"
 FLAG = "--xla_cpu_experimental_ynn_fusion_type=-individual_convolution"
