@@ -235,6 +235,35 @@ def test_per_step_inner_loop_equals_an_unrolled_loop_and_its_gradient():
     np.testing.assert_allclose(jax.jacobian(lambda w: looped(w, metajax.FirstOrder()))(w0), np.eye(3), atol=1e-6)
 
 
+@pytest.mark.parametrize("steps", [0, 1, 2, 3])
+def test_inner_loop_and_its_tracked_values_equal_an_unrolled_loop_under_vmap(steps):
+    """Tasks batched with ``vmap`` and shared starting weights, against a Python loop per task (any step count)."""
+    x = jax.random.normal(jax.random.key(0), (4, 5, 3))  # 4 tasks of 5 examples
+    y = jax.random.normal(jax.random.key(1), (4, 5))
+    w0 = jax.random.normal(jax.random.key(2), (3,))
+
+    def loss(w, xy):
+        return jnp.mean(jnp.square(xy[0] @ w - xy[1])), None
+
+    def unrolled(w, xy):
+        ws = [w]
+        for _ in range(steps):
+            ws.append(ws[-1] - 0.1 * jax.grad(lambda v: loss(v, xy)[0])(ws[-1]))
+        return ws[-1], jnp.stack([loss(v, xy)[0] for v in ws])
+
+    def looped(w, xy):
+        return metajax.inner_loop(loss, w, xy, optax.sgd(0.1), steps, track=lambda v: loss(v, xy)[0])
+
+    adapted, tracked = jax.vmap(looped, in_axes=(None, 0))(w0, (x, y))
+    for task in range(4):
+        expected_w, expected_losses = unrolled(w0, (x[task], y[task]))
+        np.testing.assert_allclose(adapted[task], expected_w, rtol=1e-6, atol=1e-7)
+        np.testing.assert_allclose(tracked[task], expected_losses, rtol=1e-6, atol=1e-7)
+    meta = jax.grad(lambda w: jnp.sum(jax.vmap(looped, in_axes=(None, 0))(w, (x, y))[0] ** 2))(w0)
+    reference = jax.grad(lambda w: sum(jnp.sum(unrolled(w, (x[t], y[t]))[0] ** 2) for t in range(4)))(w0)
+    np.testing.assert_allclose(meta, reference, rtol=1e-5, atol=1e-6)
+
+
 def test_per_step_data_is_checked_and_implicit_refuses_it():
     xs, ys, w0 = jnp.zeros((4, 1, 3)), jnp.zeros((4, 1)), jnp.zeros(3)
     with pytest.raises(ValueError, match=r"one leading size equal to num_steps=3; got leading sizes \[4\]"):

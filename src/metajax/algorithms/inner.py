@@ -1,8 +1,9 @@
 """The shared differentiable inner loop, and how its result is differentiated.
 
 Every gradient-based learner adapts with :func:`inner_loop`: ``num_steps`` updates of an
-Optax transformation on a task loss, as one ``lax.scan``. How the meta-gradient flows
-back through that loop is a value the user passes (as diffrax's ``adjoint=``):
+Optax transformation on a task loss (the first, then a ``lax.scan`` of the rest). How the
+meta-gradient flows back through that loop is a value the user passes (as diffrax's
+``adjoint=``):
 
 * :class:`SecondOrder`: backpropagate through every step (exact MAML).
 * :class:`FirstOrder`: inner gradients are constants (``stop_gradient``), so the
@@ -286,7 +287,7 @@ def _grad_of(loss_fn, data, per_step):
 
 
 def _scan(grad_fn, params, opt_state, optimizer, xs, length, stop_inner_gradient, track, remat):
-    """THE inner-loop scan: ``grad_fn(p, x) -> (gradient, aux)``; one ``optimizer`` update per step.
+    """THE inner loop: ``grad_fn(p, x) -> (gradient, aux)``; one ``optimizer`` update per step, after the first a scan.
 
     Returns ``((params, opt_state), per-step outputs)``: ``track(p)`` after each update, else ``aux``.
     """
@@ -302,7 +303,22 @@ def _scan(grad_fn, params, opt_state, optimizer, xs, length, stop_inner_gradient
 
     if remat:
         step = jax.checkpoint(step)
-    return jax.lax.scan(step, (params, opt_state), xs, length=None if xs is not None else length)
+    steps = jax.tree.leaves(xs)[0].shape[0] if xs is not None else length
+    if steps == 0:
+        return jax.lax.scan(step, (params, opt_state), xs, length=None if xs is not None else length)
+    # The first update runs before the scan. Under ``vmap`` over tasks its parameters are still
+    # the shared ones, so its products are one matmul (or convolution) over every task's rows;
+    # as the scan's carry they would be broadcast to one copy per task first.
+    carry, first = step((params, opt_state), None if xs is None else jax.tree.map(lambda a: a[0], xs))
+    if steps == 1:
+        return carry, jax.tree.map(lambda a: a[None], first)
+    carry, rest = jax.lax.scan(
+        step,
+        carry,
+        None if xs is None else jax.tree.map(lambda a: a[1:], xs),
+        length=None if xs is not None else steps - 1,
+    )
+    return carry, jax.tree.map(lambda a, b: jnp.concatenate([a[None], b]), first, rest)
 
 
 def _descend(grad_fn, params, optimizer, num_steps, xs, stop_inner_gradient, track, remat):
