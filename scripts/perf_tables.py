@@ -28,7 +28,8 @@ Kinds and their options:
   (not JSON lines), one row each in that order: ``cols=config.algo,...`` (fields of the
   file), then ``metric=mse steps=1,10``: that metric's mean +- 95 % interval after each
   listed adaptation step (``-`` past the steps evaluated), with the count of non-finite
-  tasks where there were any.
+  tasks where there were any. A ``metrics.json`` of ``--seeds`` gives the mean over seeds and
+  its t-interval across them, and counts the seeds whose mean was non-finite.
 
 Every kind but ``eval`` takes ``where=field:value,field:v1|v2`` to keep only matching result lines.
 A file may hold several runs (each starts with its ``machine`` line); a cell whose runs
@@ -90,6 +91,7 @@ LABELS = {
     "config.algo": "learner",
     "config.shots": "K",
     "config.inner_steps": "inner steps at training",
+    "eval.num_seeds": "seeds",
     "train.steps": "meta-steps",
 }
 NAMES = {
@@ -348,9 +350,16 @@ def eval_table(records: list[dict], cols: list[str], metric: str, steps: list[in
             if step >= len(m["mean"]):
                 cells.append("-")
                 continue
-            cell = f"{m['mean'][step]:.3f} +- {m['ci95'][step]:.3f}"
+            # A non-finite mean is written as null: a task's (one run) or a seed's (--seeds) diverged.
+            cell = "non-finite" if m["mean"][step] is None else f"{m['mean'][step]:.3f} +- {m['ci95'][step]:.3f}"
             nonfinite = (m.get("nonfinite") or [0] * len(m["mean"]))[step]
-            cells.append(cell + (f" ({nonfinite} of {num_tasks} tasks non-finite)" if nonfinite else ""))
+            seeds = m.get("per_seed") or {}
+            bad_seeds = sum(v[step] is None for v in seeds.values() if step < len(v))
+            if nonfinite:
+                cell += f" ({nonfinite} of {num_tasks} tasks non-finite)"
+            elif bad_seeds:
+                cell += f" ({bad_seeds} of {len(seeds)} seeds non-finite)"
+            cells.append(cell)
         body.append([fmt_number(c, field(r, c)) for c in cols] + cells)
     header = [LABELS.get(c, c) for c in cols] + [f"{metric} after {s} step{'' if s == 1 else 's'}" for s in steps]
     return markdown(header, body)

@@ -147,13 +147,23 @@ def test_eval_table_from_metrics_files_in_the_order_named(tmp_path):
         json.dumps(metrics("maml", 5, [3.0] + [0.5364] * 9 + [0.3271], [0.2] + [0.0581] * 10))
     )
     (tmp_path / "a.json").write_text(json.dumps(metrics("metasgd", 5, [3.0, 0.3884], [0.2, 0.0472], [0, 2])))
-    attrs = {"source": "b.json,a.json", "kind": "eval", "cols": "config.algo,config.shots,train.steps"}
+    # One task diverged by step 10: its run's mean there is null.
+    diverged = metrics("fomaml", 5, [3.0, 0.6] + [None] * 9, [0.2, 0.06] + [None] * 9, [0, 0] + [1] * 9)
+    (tmp_path / "c.json").write_text(json.dumps(diverged))
+    # --seeds 0,1,2: the mean over seeds, null at step 10 where seed 1's was.
+    seeds = metrics("maml", 10, [3.0, 0.31] + [0.2] * 8 + [None], [0.1, 0.02] + [0.01] * 8 + [None])
+    seed = lambda last: [3.0, 0.31] + [0.2] * 8 + [last]  # noqa: E731
+    seeds["eval"]["mse"]["per_seed"] = {"0": seed(0.1), "1": seed(None), "2": seed(0.09)}
+    (tmp_path / "d.json").write_text(json.dumps(seeds))
+    attrs = {"source": "b.json,a.json,c.json,d.json", "kind": "eval", "cols": "config.algo,config.shots,train.steps"}
     table = perf_tables.render({**attrs, "metric": "mse", "steps": "1,10"}, tmp_path).splitlines()
     assert table == [
         "| learner | K | meta-steps | mse after 1 step | mse after 10 steps |",
         "| --- | --- | --- | --- | --- |",
         "| maml | 5 | 70000 | 0.536 +- 0.058 | 0.327 +- 0.058 |",
         "| metasgd | 5 | 70000 | 0.388 +- 0.047 (2 of 600 tasks non-finite) | - |",  # evaluated 1 step only
+        "| fomaml | 5 | 70000 | 0.600 +- 0.060 | non-finite (1 of 600 tasks non-finite) |",
+        "| maml | 10 | 70000 | 0.310 +- 0.020 | non-finite (1 of 3 seeds non-finite) |",
     ]
     with pytest.raises(perf_tables.TableError, match="kind=eval needs steps"):
         perf_tables.render({**attrs, "metric": "mse"}, tmp_path)
@@ -161,8 +171,8 @@ def test_eval_table_from_metrics_files_in_the_order_named(tmp_path):
         perf_tables.render({**attrs, "metric": "mse", "steps": "one"}, tmp_path)
     with pytest.raises(perf_tables.TableError, match="metric 'accuracy' is not in an eval of"):
         perf_tables.render({**attrs, "metric": "accuracy", "steps": "1"}, tmp_path)
-    with pytest.raises(perf_tables.TableError, match="source c.json does not exist"):
-        perf_tables.render({**attrs, "source": "b.json,c.json", "metric": "mse", "steps": "1"}, tmp_path)
+    with pytest.raises(perf_tables.TableError, match="source e.json does not exist"):
+        perf_tables.render({**attrs, "source": "b.json,e.json", "metric": "mse", "steps": "1"}, tmp_path)
     with pytest.raises(perf_tables.TableError, match="kind=pivot reads one source file"):
         perf_tables.render({"source": "b.json,a.json", "kind": "pivot"}, tmp_path)
 
